@@ -1,0 +1,21 @@
+"""Shared test fixtures: offline, seeded, CPU; paths to ../shared/data."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def shared_data(sub: str) -> Path:
+    """A folder of ../shared/data, or skip the test with a reason when it is absent."""
+    p = SHARED_DATA / sub
+    if not p.exists():
+        pytest.skip(f"{p} is absent (the project's shared data folder is not beside this checkout)")
+    return p
