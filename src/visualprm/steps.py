@@ -74,6 +74,38 @@ def split_regex(response: str, pattern: str, max_steps: int = 12) -> list[str]:
     return pieces
 
 
+def load_splitter(spec: str):
+    """A step splitter `(response, max_steps) -> [steps]` from a spec: `blank` (default rule), `markers`
+    (`Step k:` lines), `re:PATTERN` (boundaries), or `module:function` (your own; called as f(text, max_steps))."""
+    import importlib
+
+    from .schema import InputError
+
+    if spec in (None, "", "blank"):
+        return split_steps
+    if spec == "markers":
+        return split_step_markers
+    if spec.startswith("re:"):
+        pattern = spec[3:]
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise InputError(f"bad regular expression {pattern!r}: {e}", field="splitter") from None
+        return lambda text, max_steps=12: split_regex(text, pattern, max_steps)
+    if ":" in spec:
+        mod, _, fn = spec.partition(":")
+        try:
+            f = getattr(importlib.import_module(mod), fn)
+        except (ImportError, AttributeError) as e:
+            raise InputError(f"cannot load splitter {spec!r}: {e}", field="splitter") from None
+        if not callable(f):
+            raise InputError(f"splitter {spec!r} is not callable", field="splitter")
+        return f
+    raise InputError(
+        f"unknown splitter {spec!r} (expected blank, markers, re:PATTERN or module:function)", field="splitter"
+    )
+
+
 def join_steps(steps: list[str]) -> str:
     """The response text of a step prefix, as the policy continues it (REFERENCE.md §5)."""
     return "\n\n".join(steps)

@@ -1,0 +1,625 @@
+"""Critic benchmarks: VisualProcessBench (every wrong step) and ProcessBench (the first wrong step), their metrics,
+and the `bench` job that scores a benchmark with a PRM, an MLLM judge or a file of precomputed step scores.
+
+VisualProcessBench (REFERENCE.md §7): neutral steps (label 0) are left out; a step is predicted correct when its
+score is >= the threshold (a tie counts as correct); TP/FP/FN/TN are pooled over all steps of all records; F1 is
+computed with "correct" and with "incorrect" as the positive class and macro-F1 is their mean. An F1 whose
+denominator is zero (the class neither occurs nor is predicted) is 0, as scikit-learn returns. Beside the pooled
+figure we report `macro_f1_weighted`: the per-source macro-F1 averaged with each source weighted by its number of
+records (the third-party convention), and `macro_f1_source_mean` (unweighted mean over sources).
+
+ProcessBench (§8): the prediction is the first step whose score is below the threshold (-1 when none is); per
+subset the accuracy on erroneous samples (prediction == label) and on correct ones (prediction == -1), F1 their
+harmonic mean; `average_f1` is the mean over the subsets given.
+
+Steps are scored exactly as the benchmark gives them, never re-split. `--threshold auto` picks the threshold that
+maximises the headline metric on a seeded held-out part of the records and reports the metrics on the rest only.
+Confidence intervals are percentile bootstraps over records (within each subset for ProcessBench).
+
+This module does not load models itself (scoring.Scorer and judge.Judge do) and needs no torch for `--scores`.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import schema
+from .schema import InputError, Loc
+
+VPB, PB = "visualprocessbench", "processbench"
+FORMATS = (VPB, PB)
+UNKNOWN = "unknown"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def bench_files(paths: list[str]) -> list[Path]:
+    """Expand folders into their *.json / *.jsonl files (sorted by name); keep files in the order given."""
+    out: list[Path] = []
+    for p in paths:
+        q = Path(p)
+        if q.is_dir():
+            found = sorted(x for x in q.iterdir() if x.is_file() and x.suffix in (".json", ".jsonl"))
+            if not found:
+                raise InputError("folder holds no .json or .jsonl files", q)
+            out += found
+        elif q.is_file():
+            out.append(q)
+        else:
+            raise InputError("file not found", q)
+    return out
+
+
+def detect_format(rec: dict, loc: Loc) -> str:
+    if isinstance(rec.get("response"), dict) and "process_correctness" in rec["response"]:
+        return VPB
+    if "label" in rec and "steps" in rec:
+        return PB
+    raise loc.error(
+        "cannot tell the benchmark format (VisualProcessBench needs response.process_correctness, ProcessBench "
+        "needs steps and label); pass --format",
+        "response",
+    )
+
+
+def _vpb_item(rec: dict, loc: Loc) -> dict:
+    question = schema.as_str(schema.require(rec, loc, "question"), loc, "question")
+    resp = rec.get("response")
+    if not isinstance(resp, dict):
+        raise loc.error("expected an object with steps and process_correctness", "response")
+    steps = schema.step_list(resp.get("steps"), loc, "response.steps")
+    labels = resp.get("process_correctness")
+    if not isinstance(labels, list):
+        raise loc.error("missing or not a list", "response.process_correctness")
+    if len(labels) != len(steps):
+        raise loc.error(f"{len(labels)} labels for {len(steps)} steps", "response.process_correctness")
+    for i, v in enumerate(labels):
+        if isinstance(v, bool) or v not in (1, 0, -1):
+            raise loc.error(f"label {i} is {v!r}, expected 1, 0 or -1", "response.process_correctness")
+    return {
+        "question": question,
+        "images": schema.image_list(rec, loc),
+        "steps": steps,
+        "step_labels": [int(v) for v in labels],
+        "source": str(rec.get("data_source") or UNKNOWN),
+        "policy": str(rec.get("policy_model") or UNKNOWN),
+    }
+
+
+def _pb_item(rec: dict, loc: Loc) -> dict:
+    question = schema.as_str(schema.require(rec, loc, "problem", "question"), loc, "problem")
+    steps = schema.step_list(schema.require(rec, loc, "steps"), loc, "steps")
+    label = schema.require(rec, loc, "label")
+    if isinstance(label, bool) or not isinstance(label, int) or not -1 <= label < len(steps):
+        raise loc.error(f"expected -1 or a step index below {len(steps)}, got {label!r}", "label")
+    return {
+        "question": question,
+        "images": schema.image_list(rec, loc),
+        "steps": steps,
+        "label": label,
+        "source": str(rec.get("generator") or UNKNOWN),
+        "policy": str(rec.get("generator") or UNKNOWN),
+    }
+
+
+def load_bench(paths: list[str], fmt: str | None = None, subset: str | None = None, limit: int | None = None):
+    """Read benchmark files into items `{file, index, gpos, id, kind, question, images, steps, step_labels | label,
+    source, policy, subset, base_dir}`. `limit` applies per file; `gpos` is the record's position in the
+    concatenation of the full files (to match a scores file written for all records)."""
+    files = bench_files(paths)
+    if subset and len(files) > 1:
+        raise InputError("--subset names one file's subset; give one --bench file with it")
+    items: list[dict] = []
+    kinds = set()
+    gpos = 0
+    for f in files:
+        kind = fmt
+        for n, (loc, rec) in enumerate(schema.read_json_or_jsonl(f)):
+            if kind is None:
+                kind = detect_format(rec, loc)
+            if limit is None or n < limit:
+                item = _vpb_item(rec, loc) if kind == VPB else _pb_item(rec, loc)
+                item.update(
+                    file=str(f),
+                    index=n,
+                    gpos=gpos,
+                    id=None if rec.get("id") is None else str(rec["id"]),
+                    kind=kind,
+                    subset=subset or f.stem,
+                    base_dir=str(f.parent),
+                    loc=loc,
+                )
+                items.append(item)
+            gpos += 1
+        if kind is not None:
+            kinds.add(kind)
+    if not items:
+        raise InputError("no benchmark records", files[0] if files else None)
+    if len(kinds) > 1:
+        raise InputError("the --bench files mix VisualProcessBench and ProcessBench records; run them separately")
+    return items, gpos
+
+
+def scores_from_file(path: str, items: list[dict], n_full: int) -> list[list[float]]:
+    """Step scores from a JSONL file with one `{"step_scores": [..]}` line per benchmark record, in order.
+
+    The file may cover all records of the files given (then `--limit` picks the matching lines) or exactly the
+    records read. An `id` on a line must equal the record's id where the record has one."""
+    lines = list(schema.read_jsonl(path))
+    if len(lines) == n_full:
+        rows = [lines[it["gpos"]] for it in items]
+    elif len(lines) == len(items):
+        rows = lines
+    else:
+        raise InputError(f"{len(lines)} lines, but the benchmark has {n_full} records ({len(items)} used)", path)
+    out = []
+    for (loc, rec), it in zip(rows, items):
+        v = rec.get("step_scores")
+        if not isinstance(v, list):
+            raise loc.error("missing or not a list", "step_scores")
+        if len(v) != len(it["steps"]):
+            raise loc.error(
+                f"{len(v)} scores for {len(it['steps'])} steps ({it['file']} record {it['index']})", "step_scores"
+            )
+        for i, s in enumerate(v):
+            if isinstance(s, bool) or not isinstance(s, (int, float)) or math.isnan(s):
+                raise loc.error(f"score {i} is {s!r}, expected a number", "step_scores")
+        if rec.get("id") is not None and it["id"] is not None and str(rec["id"]) != it["id"]:
+            raise loc.error(f"id {rec['id']!r} does not match the benchmark record's id {it['id']!r}", "id")
+        out.append([float(s) for s in v])
+    return out
+
+
+def score_items(engine, items: list[dict], image_root=None, no_image: bool = False, chunk: int = 32):
+    """Step scores from an engine with `score_steps(items)` (a Scorer or a Judge), a chunk of records at a time
+    so that only a chunk's images are in memory."""
+    from tqdm import tqdm
+
+    out: list[list[float]] = []
+    with tqdm(total=len(items), desc="scoring", unit="rec", file=sys.stderr, disable=None) as bar:
+        for i in range(0, len(items), chunk):
+            batch = []
+            for it in items[i : i + chunk]:
+                images = []
+                if not no_image and it["images"]:
+                    paths = schema.resolve_images(it["images"], it["loc"], it["base_dir"], image_root)
+                    images = [schema.load_image(p, it["loc"]) for p in paths]
+                batch.append({"question": it["question"], "images": images, "steps": it["steps"]})
+            scores = engine.score_steps(batch)
+            for it, s in zip(items[i : i + chunk], scores):
+                if len(s) != len(it["steps"]):
+                    raise RuntimeError(f"engine returned {len(s)} scores for {len(it['steps'])} steps")
+                out.append([float(x) for x in s])
+            bar.update(len(batch))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Metrics: VisualProcessBench
+
+
+def f1(tp: float, fp: float, fn: float) -> float:
+    """F1 = 2TP / (2TP + FP + FN); 0 when the denominator is 0."""
+    d = 2 * tp + fp + fn
+    return 2 * tp / d if d else 0.0
+
+
+def step_counts(labels: list[int], scores: list[float], threshold: float) -> tuple[int, int, int, int]:
+    """(TP, FP, FN, TN) with "correct" as the positive class; neutral steps (0) are left out."""
+    tp = fp = fn = tn = 0
+    for y, s in zip(labels, scores):
+        if y == 0:
+            continue
+        pred = s >= threshold
+        if y == 1:
+            tp, fn = tp + pred, fn + (not pred)
+        else:
+            fp, tn = fp + pred, tn + (not pred)
+    return tp, fp, fn, tn
+
+
+def vpb_from_counts(tp: int, fp: int, fn: int, tn: int) -> dict:
+    n = tp + fp + fn + tn
+    fc, fi = f1(tp, fp, fn), f1(tn, fn, fp)
+    return {
+        "macro_f1": (fc + fi) / 2 if n else None,
+        "f1_correct": fc if n else None,
+        "f1_incorrect": fi if n else None,
+        "accuracy": (tp + tn) / n if n else None,
+        "n_steps": n,
+        "n_correct": tp + fn,
+        "n_incorrect": fp + tn,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+    }
+
+
+def vpb_metrics(items: list[dict], scores: list[list[float]], threshold: float) -> dict:
+    """Pooled metrics overall, per source and per policy, plus the per-source weighted variant."""
+    counts = [step_counts(it["step_labels"], s, threshold) for it, s in zip(items, scores)]
+
+    def pooled(idx):
+        return vpb_from_counts(*(int(sum(counts[i][k] for i in idx)) for k in range(4)))
+
+    def grouped(key):
+        groups: dict[str, list[int]] = {}
+        for i, it in enumerate(items):
+            groups.setdefault(it[key], []).append(i)
+        return {g: {**pooled(idx), "n_records": len(idx)} for g, idx in sorted(groups.items())}
+
+    overall = {**pooled(range(len(items))), "n_records": len(items)}
+    by_source = grouped("source")
+    scored = [m for m in by_source.values() if m["macro_f1"] is not None]
+    w = sum(m["n_records"] for m in scored)
+    overall["macro_f1_weighted"] = sum(m["macro_f1"] * m["n_records"] for m in scored) / w if w else None
+    overall["macro_f1_source_mean"] = sum(m["macro_f1"] for m in scored) / len(scored) if scored else None
+    overall["n_neutral"] = sum(y == 0 for it in items for y in it["step_labels"])
+    return {"overall": overall, "by_source": by_source, "by_policy": grouped("policy")}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Metrics: ProcessBench
+
+
+def first_error(scores: list[float], threshold: float) -> int:
+    """Index of the first step scored below the threshold, -1 when none is."""
+    return next((i for i, s in enumerate(scores) if s < threshold), -1)
+
+
+def pb_from_matches(labels: list[int], preds: list[int]) -> dict:
+    """The official formula: accuracy on erroneous and on correct samples, F1 their harmonic mean."""
+    err = [p == y for y, p in zip(labels, preds) if y != -1]
+    cor = [p == -1 for y, p in zip(labels, preds) if y == -1]
+    a1 = sum(err) / len(err) if err else None
+    a2 = sum(cor) / len(cor) if cor else None
+    if a1 is None or a2 is None:
+        f = None
+    else:
+        f = 2 * a1 * a2 / (a1 + a2) if a1 + a2 else 0.0
+    return {"f1": f, "acc_error": a1, "acc_correct": a2, "n": len(labels), "n_error": len(err), "n_correct": len(cor)}
+
+
+def pb_metrics(items: list[dict], scores: list[list[float]], threshold: float) -> dict:
+    subsets: dict[str, list[int]] = {}
+    for i, it in enumerate(items):
+        subsets.setdefault(it["subset"], []).append(i)
+    preds = [first_error(s, threshold) for s in scores]
+    out: dict = {}
+    for name, idx in subsets.items():
+        out[name] = pb_from_matches([items[i]["label"] for i in idx], [preds[i] for i in idx])
+    f1s = [m["f1"] for m in out.values() if m["f1"] is not None]
+    out["average_f1"] = sum(f1s) / len(f1s) if f1s else None
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Threshold search (exact: the metrics only change at score values)
+
+
+def _best(cands: np.ndarray, values: np.ndarray) -> tuple[float, float]:
+    """The candidate with the highest value; ties go to the one closest to 0.5, then the lower one."""
+    values = np.nan_to_num(values, nan=-1.0)
+    top = values.max()
+    ok = np.flatnonzero(values >= top - 1e-12)
+    best = min(ok, key=lambda i: (abs(cands[i] - 0.5), cands[i]))
+    return float(cands[best]), float(values[best])
+
+
+def _candidates(values: list[float]) -> np.ndarray:
+    v = np.unique(np.asarray(values, dtype=float))
+    return np.unique(np.concatenate([v, np.nextafter(v, np.inf), [0.5]]))
+
+
+def tune_vpb(items: list[dict], scores: list[list[float]]) -> tuple[float, float]:
+    """Threshold maximising pooled macro-F1; returns (threshold, macro-F1 on these items)."""
+    pos = np.sort([s for it, sc in zip(items, scores) for y, s in zip(it["step_labels"], sc) if y == 1])
+    neg = np.sort([s for it, sc in zip(items, scores) for y, s in zip(it["step_labels"], sc) if y == -1])
+    cands = _candidates(np.concatenate([pos, neg]).tolist())
+    tp = len(pos) - np.searchsorted(pos, cands, "left")
+    fp = len(neg) - np.searchsorted(neg, cands, "left")
+    fn, tn = len(pos) - tp, len(neg) - fp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fc = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
+        fi = np.where(2 * tn + fp + fn > 0, 2 * tn / np.maximum(2 * tn + fp + fn, 1), 0.0)
+    return _best(cands, (fc + fi) / 2)
+
+
+def tune_pb(items: list[dict], scores: list[list[float]]) -> tuple[float, float]:
+    """Threshold maximising the mean F1 over subsets. A sample with label l matches at threshold t when
+    t <= min(scores[:l]) and t > scores[l]; a correct sample when t <= min(scores)."""
+    subsets: dict[str, tuple[list, list, list]] = {}
+    allv: list[float] = []
+    for it, sc in zip(items, scores):
+        lo, hi, mins = subsets.setdefault(it["subset"], ([], [], []))
+        y = it["label"]
+        if y == -1:
+            mins.append(min(sc))
+        else:
+            lo.append(sc[y])
+            hi.append(min(sc[:y]) if y > 0 else np.inf)
+        allv += sc
+    cands = _candidates(allv)
+    f1s = []
+    for lo, hi, mins in subsets.values():
+        if not (lo and mins):
+            continue
+        lo_a, hi_a = np.asarray(lo), np.asarray(hi)
+        ok = lo_a < hi_a
+        lo_s, hi_s, mn = np.sort(lo_a[ok]), np.sort(hi_a[ok]), np.sort(mins)
+        # intervals (lo, hi]: count containing t = #(lo < t) - #(hi < t)
+        a1 = (np.searchsorted(lo_s, cands, "left") - np.searchsorted(hi_s, cands, "left")) / len(lo)
+        a2 = (len(mn) - np.searchsorted(mn, cands, "left")) / len(mn)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            f1s.append(np.where(a1 + a2 > 0, 2 * a1 * a2 / np.where(a1 + a2 > 0, a1 + a2, 1), 0.0))
+    if not f1s:
+        raise InputError(
+            "the held-out part has no subset with both erroneous and correct samples; lower --limit "
+            "or use a fixed --threshold"
+        )
+    return _best(cands, np.mean(f1s, axis=0))
+
+
+def heldout_split(items: list[dict], fraction: float, seed: int) -> list[bool]:
+    """A seeded random `fraction` of each file's records is held out (True) for tuning the threshold."""
+    rng = np.random.default_rng(seed)
+    held = [False] * len(items)
+    by_file: dict[str, list[int]] = {}
+    for i, it in enumerate(items):
+        by_file.setdefault(it["file"], []).append(i)
+    for idx in by_file.values():
+        k = int(round(fraction * len(idx)))
+        for j in rng.permutation(len(idx))[:k]:
+            held[idx[j]] = True
+    return held
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bootstrap confidence intervals
+
+
+def _ci(x: np.ndarray) -> list[float] | None:
+    x = x[~np.isnan(x)]
+    return [float(np.percentile(x, 2.5)), float(np.percentile(x, 97.5))] if len(x) else None
+
+
+def _resample_weights(n: int, b: int, rng: np.random.Generator) -> np.ndarray:
+    idx = rng.integers(0, n, size=(b, n))
+    return np.stack([np.bincount(r, minlength=n) for r in idx])
+
+
+def bootstrap_vpb(items, scores, threshold: float, b: int, seed: int) -> dict:
+    c = np.array([step_counts(it["step_labels"], s, threshold) for it, s in zip(items, scores)], dtype=float)
+    tp, fp, fn, tn = (_resample_weights(len(items), b, np.random.default_rng(seed)) @ c).T
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fc = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
+        fi = np.where(2 * tn + fp + fn > 0, 2 * tn / (2 * tn + fp + fn), 0.0)
+    return {"macro_f1": _ci((fc + fi) / 2), "f1_correct": _ci(fc), "f1_incorrect": _ci(fi)}
+
+
+def bootstrap_pb(items, scores, threshold: float, b: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    subsets: dict[str, list[int]] = {}
+    for i, it in enumerate(items):
+        subsets.setdefault(it["subset"], []).append(i)
+    out, per = {}, []
+    for name, idx in subsets.items():
+        y = np.array([items[i]["label"] for i in idx])
+        p = np.array([first_error(scores[i], threshold) for i in idx])
+        w = _resample_weights(len(idx), b, rng)
+        e, c = y != -1, y == -1
+        with np.errstate(invalid="ignore", divide="ignore"):
+            a1 = (w[:, e] @ (p[e] == y[e])) / w[:, e].sum(1)
+            a2 = (w[:, c] @ (p[c] == -1)) / w[:, c].sum(1)
+            f = np.where(a1 + a2 > 0, 2 * a1 * a2 / (a1 + a2), 0.0)
+        f = np.where(np.isnan(a1) | np.isnan(a2), np.nan, f)
+        out[name] = _ci(f)
+        if e.any() and c.any():
+            per.append(f)
+    out["average_f1"] = _ci(np.nanmean(np.stack(per), axis=0)) if per else None
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The job
+
+
+def _pct(x) -> str:
+    return "   -  " if x is None else f"{100 * x:6.1f}"
+
+
+def format_table(results: dict) -> str:
+    """The printed table (percentages)."""
+    lines = []
+    if results["format"] == VPB:
+        lines.append(f"{'':28s} {'macroF1':>7s} {'F1+':>6s} {'F1-':>6s} {'steps':>7s}")
+        rows = [("overall", results["overall"])]
+        rows += [(f"source {k}", v) for k, v in results["by_source"].items()]
+        rows += [(f"policy {k}", v) for k, v in results["by_policy"].items()]
+        for name, m in rows:
+            lines.append(
+                f"{name[:28]:28s} {_pct(m['macro_f1']):>7s} {_pct(m['f1_correct'])} {_pct(m['f1_incorrect'])} "
+                f"{m['n_steps']:7d}"
+            )
+        o = results["overall"]
+        lines.append(f"{'overall, per-source weighted':28s} {_pct(o['macro_f1_weighted']):>7s}")
+        if o.get("ci95", {}).get("macro_f1"):
+            lo, hi = o["ci95"]["macro_f1"]
+            lines.append(
+                f"macro-F1 95% CI: [{100 * lo:.1f}, {100 * hi:.1f}] ({results['config']['bootstrap']} "
+                "bootstrap resamples)"
+            )
+    else:
+        pb = results["processbench"]
+        lines.append(f"{'subset':16s} {'err acc':>7s} {'cor acc':>7s} {'F1':>6s} {'n':>5s}")
+        for k, m in pb.items():
+            if isinstance(m, dict):
+                lines.append(
+                    f"{k[:16]:16s} {_pct(m['acc_error']):>7s} {_pct(m['acc_correct']):>7s} {_pct(m['f1'])} {m['n']:5d}"
+                )
+        lines.append(f"{'average F1':16s} {'':7s} {'':7s} {_pct(pb['average_f1'])}")
+    lines.append(f"threshold {results['threshold']:.4g}" + (" (auto)" if results.get("threshold_auto") else ""))
+    return "\n".join(lines)
+
+
+def run_bench(
+    benches: list[str],
+    out_dir: str,
+    prm: str | None = None,
+    scores: str | None = None,
+    judge: str | None = None,
+    threshold: str | float = 0.5,
+    fmt: str | None = None,
+    subset: str | None = None,
+    limit: int | None = None,
+    bootstrap: int = 1000,
+    image_root: str | None = None,
+    no_image: bool = False,
+    seed: int = 0,
+    heldout: float = 0.5,
+    device: str | None = None,
+    dtype: str | None = None,
+    system_prompt: bool = True,
+    batch_size: int = 8,
+    max_length: int | None = None,
+    label_mode: str = "auto",
+    concurrency: int = 8,
+    report: bool = True,
+    engine=None,
+) -> int:
+    """Score a critic benchmark and write OUT/results.json, OUT/samples.jsonl and OUT/report.html.
+
+    Exactly one of `prm`, `scores`, `judge` (or a ready `engine` with `score_steps`) gives the step scores."""
+    from . import __version__
+
+    given = [x for x in (prm, scores, judge, engine) if x is not None]
+    if len(given) != 1:
+        raise InputError("give exactly one of --prm, --scores, --judge")
+    if fmt is not None and fmt not in FORMATS:
+        raise InputError(f"unknown --format {fmt!r} (expected one of {', '.join(FORMATS)})")
+    auto = str(threshold) == "auto"
+    if not auto:
+        try:
+            threshold = float(threshold)
+        except ValueError:
+            raise InputError(f"--threshold must be a number or 'auto', got {threshold!r}") from None
+    if auto and not 0 < heldout < 1:
+        raise InputError(f"--heldout must be between 0 and 1, got {heldout}")
+    t0 = time.time()
+    items, n_full = load_bench(benches, fmt, subset, limit)
+    kind = items[0]["kind"]
+
+    if scores is not None:
+        step_scores = scores_from_file(scores, items, n_full)
+        source = {"scores": str(scores)}
+    else:
+        if engine is None and prm is not None:
+            from .scoring import Scorer
+
+            engine = Scorer.from_pretrained(
+                prm,
+                device=device,
+                dtype=dtype,
+                system_prompt=system_prompt,
+                batch_size=batch_size,
+                max_length=max_length,
+                label_mode=label_mode,
+            )
+        elif engine is None:
+            from .judge import Judge
+
+            engine = Judge.from_spec(judge, concurrency=concurrency, seed=seed)
+        step_scores = score_items(engine, items, image_root, no_image)
+        source = {"prm": prm} if prm else {"judge": judge} if judge else {"engine": type(engine).__name__}
+
+    held = [False] * len(items)
+    tuned = None
+    if auto:
+        held = heldout_split(items, heldout, seed)
+        tune_idx = [i for i, h in enumerate(held) if h]
+        if not tune_idx or len(tune_idx) == len(items):
+            raise InputError(f"too few records ({len(items)}) to hold out a part for --threshold auto")
+        tune = tune_vpb if kind == VPB else tune_pb
+        threshold, value = tune([items[i] for i in tune_idx], [step_scores[i] for i in tune_idx])
+        tuned = {
+            "held_out_records": len(tune_idx),
+            "held_out_fraction": heldout,
+            "metric_on_held_out": value,
+            "metric": "macro_f1" if kind == VPB else "average_f1",
+        }
+    ev = [i for i, h in enumerate(held) if not h]
+    ev_items, ev_scores = [items[i] for i in ev], [step_scores[i] for i in ev]
+
+    results: dict = {
+        "format": kind,
+        "version": __version__,
+        "config": {
+            "bench": [str(b) for b in benches],
+            **source,
+            "threshold": "auto" if auto else threshold,
+            "limit": limit,
+            "bootstrap": bootstrap,
+            "seed": seed,
+            "no_image": no_image,
+            "subset": subset,
+        },
+        "threshold": threshold,
+        "threshold_auto": tuned,
+        "counts": {
+            "records": len(items),
+            "evaluated_records": len(ev),
+            "steps": sum(len(it["steps"]) for it in items),
+        },
+    }
+    if kind == VPB:
+        results.update(vpb_metrics(ev_items, ev_scores, threshold))
+        if bootstrap:
+            results["overall"]["ci95"] = bootstrap_vpb(ev_items, ev_scores, threshold, bootstrap, seed)
+    else:
+        results["processbench"] = pb_metrics(ev_items, ev_scores, threshold)
+        if bootstrap:
+            ci = bootstrap_pb(ev_items, ev_scores, threshold, bootstrap, seed)
+            for k, v in ci.items():
+                if k == "average_f1":
+                    results["processbench"]["average_f1_ci95"] = v
+                else:
+                    results["processbench"][k]["ci95"] = {"f1": v}
+    results["seconds"] = round(time.time() - t0, 2)
+
+    samples = []
+    for i, (it, sc) in enumerate(zip(items, step_scores)):
+        rec = {
+            "file": it["file"],
+            "index": it["index"],
+            "id": it["id"],
+            "source": it["source"],
+            "policy": it["policy"],
+            "subset": it["subset"],
+            "held_out": held[i],
+            "step_scores": sc,
+        }
+        if kind == VPB:
+            rec["step_labels"] = it["step_labels"]
+            rec["pred"] = [1 if s >= threshold else -1 for s in sc]
+        else:
+            rec["label"] = it["label"]
+            rec["pred"] = first_error(sc, threshold)
+        samples.append(rec)
+    out = Path(out_dir)
+    schema.write_jsonl(out / "samples.jsonl", samples)
+    schema.write_json(out / "results.json", results)
+    if report:
+        from .report import bench_report
+
+        bench_report(results, samples, [it["steps"] for it in items], out / "report.html")
+    print(format_table(results))
+    print(f"wrote {out / 'results.json'}, {out / 'samples.jsonl'}" + (f", {out / 'report.html'}" if report else ""))
+    return 0

@@ -1,0 +1,310 @@
+"""Step scores from a PRM in one forward pass per solution, aggregation, and `visualprm score`.
+
+Every assistant turn holds `+` as a placeholder (REFERENCE.md §4); at each label position the logits of the
+label tokens alone are read from the position just before it, softmaxed over those 2 (value PRM: score =
+P(`+`)) or 3 tokens (advantage PRM: score = P(`+`) - P(`-`)). Only those rows of the output layer are computed,
+so a 150k-word vocabulary costs nothing extra. Batches are padded on the right by default (left works too,
+tested); solutions are sorted by length inside `score_steps` so that batches pad little, and results come back
+in input order.
+
+`score_per_prefix` is the plain slow reference: one forward pass per step prefix, reading the next-token
+distribution at the end of the prefix with the generation prompt. Tests check that both agree.
+
+This module does not split responses (steps.py) or pick Best-of-N answers (bon.py).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+from .model import ADVANTAGE_LABELS, SENTINEL, VALUE_LABELS, Encoded, collate, encode, get_tokenizer, is_multimodal
+from .schema import InputError, Loc, load_image, read_jsonl, resolve_images, solution, write_jsonl
+from .steps import prm_messages
+
+AGGREGATES = ("mean", "min", "max", "last", "prod")
+
+
+def aggregate(step_scores: list[float], how: str = "mean") -> float:
+    """One score for a solution from its step scores: mean (paper default), min, max, last or prod."""
+    if how not in AGGREGATES:
+        raise InputError(f"unknown aggregate {how!r} (expected one of {', '.join(AGGREGATES)})", field="aggregate")
+    if not step_scores:
+        raise ValueError("no step scores to aggregate")
+    if how == "mean":
+        return sum(step_scores) / len(step_scores)
+    if how == "min":
+        return min(step_scores)
+    if how == "max":
+        return max(step_scores)
+    if how == "last":
+        return step_scores[-1]
+    return math.prod(step_scores)
+
+
+_aggregate = aggregate  # for functions whose `aggregate` argument shadows it
+
+
+class Scorer:
+    """Scores the steps of solutions with a PRM. Engine-agnostic callers use `score_steps` / `score_groups`."""
+
+    def __init__(
+        self,
+        model,
+        processor,
+        label_mode: str = "value",
+        system_prompt: bool | str = True,
+        batch_size: int = 8,
+        max_length: int | None = None,
+        padding_side: str = "right",
+    ):
+        from .model import label_token_ids
+
+        if label_mode not in ("value", "advantage"):
+            raise InputError(f"unknown label mode {label_mode!r} (expected value or advantage)", field="label_mode")
+        self.model, self.processor = model, processor
+        self.label_mode = label_mode
+        self.labels = VALUE_LABELS if label_mode == "value" else ADVANTAGE_LABELS
+        self.label_ids = label_token_ids(processor, self.labels)
+        self.placeholder = self.labels[0]
+        self.system_prompt = system_prompt
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.padding_side = padding_side
+        tok = get_tokenizer(processor)
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        self.multimodal = is_multimodal(processor)
+        self.forward_count = 0  # number of forward passes, for tests and benchmarks
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        device: str | None = None,
+        dtype: str | None = None,
+        label_mode: str = "auto",
+        system_prompt: bool | str | None = None,
+        **kwargs,
+    ) -> Scorer:
+        """Load a PRM folder. `label_mode="auto"` and `system_prompt=None` take what `train` recorded."""
+        from .model import load_model, read_prm_config
+
+        saved = read_prm_config(path) if Path(path).exists() else {}
+        if label_mode == "auto":
+            label_mode = saved.get("label_mode", "value")
+        if system_prompt is None:
+            system_prompt = saved.get("system_prompt", True)
+        model, processor = load_model(path, device=device, dtype=dtype)
+        return cls(model, processor, label_mode=label_mode, system_prompt=system_prompt, **kwargs)
+
+    # -- encoding ------------------------------------------------------------------------------------------
+
+    def messages(self, item: dict, labels: list[str]) -> list[dict]:
+        n_images = len(item.get("images") or []) if self.multimodal else 0
+        return prm_messages(item["question"], item["steps"], labels, n_images, self.system_prompt)
+
+    def encode_item(self, item: dict) -> Encoded:
+        """Encode one solution `{question, images: [PIL], steps}` with `+` in every assistant turn."""
+        if item.get("images") and not self.multimodal:
+            raise InputError("this model is text-only but the record has images", field="images")
+        n = len(item["steps"])
+        msgs = self.messages(item, [SENTINEL] * n)
+        return encode(self.processor, msgs, [self.placeholder] * n, item.get("images") or None, self.max_length)
+
+    # -- forward -------------------------------------------------------------------------------------------
+
+    def _label_logits(self, batch: dict, rows: list[list[int]]):
+        """Logits of the label tokens at the given positions: returns a list (per item) of [n, n_labels]."""
+        import torch
+
+        device = self.model.device
+        batch = {k: v.to(device) for k, v in batch.items()}
+        if "pixel_values" in batch and batch["pixel_values"].is_floating_point():
+            batch["pixel_values"] = batch["pixel_values"].to(self.model.dtype)
+        with torch.inference_mode():
+            self.forward_count += 1
+            backbone = getattr(self.model, "model", None)
+            head = self.model.get_output_embeddings()
+            idx_b = torch.tensor([b for b, r in enumerate(rows) for _ in r], device=device)
+            idx_t = torch.tensor([p for r in rows for p in r], device=device)
+            if backbone is not None and head is not None and not getattr(self.model.config, "final_logit_softcapping", None):
+                hidden = backbone(**batch, use_cache=False).last_hidden_state
+                h = hidden[idx_b, idx_t]
+                w = head.weight[self.label_ids]
+                logits = h @ w.T
+                if getattr(head, "bias", None) is not None:
+                    logits = logits + head.bias[self.label_ids]
+            else:  # plain path for models whose head does more than a linear map
+                logits = self.model(**batch, use_cache=False).logits[idx_b, idx_t][:, self.label_ids]
+        logits = logits.float().cpu()
+        out, k = [], 0
+        for r in rows:
+            out.append(logits[k : k + len(r)])
+            k += len(r)
+        return out
+
+    def _scores_from_logits(self, logits) -> list[float]:
+        import torch
+
+        p = torch.softmax(logits, dim=-1)
+        s = p[:, 0] if self.label_mode == "value" else p[:, 0] - p[:, -1]
+        return [float(x) for x in s]
+
+    def score_encoded(self, encoded: list[Encoded]) -> list[list[float]]:
+        """Score already-encoded solutions in batches of `batch_size` (length-sorted), in input order."""
+        order = sorted(range(len(encoded)), key=lambda i: encoded[i].length)
+        out: list[list[float] | None] = [None] * len(encoded)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            batch, positions = collate([encoded[i] for i in idx], self.pad_id, self.padding_side)
+            rows = [[p - 1 for p in pos] for pos in positions]  # the logits predicting a label sit just before it
+            for i, lg in zip(idx, self._label_logits(batch, rows)):
+                out[i] = self._scores_from_logits(lg)
+        return out  # type: ignore[return-value]
+
+    def score_steps(self, items: list[dict]) -> list[list[float]]:
+        """Step scores of solutions `{question, images: [PIL.Image], steps: [str]}`, one list per item."""
+        return self.score_encoded([self.encode_item(it) for it in items])
+
+    def score_groups(self, groups: list[dict]) -> list[list[list[float]]]:
+        """Step scores for groups `{question, images, solutions: [[steps], ..]}` sharing a prompt (Best-of-N).
+
+        Today this flattens the groups into one list of solutions; its shape lets a prefix-sharing path
+        replace it without changing callers.
+        """
+        items = [
+            {"question": g["question"], "images": g.get("images") or [], "steps": s}
+            for g in groups
+            for s in g["solutions"]
+        ]
+        flat = self.score_steps(items)
+        out, k = [], 0
+        for g in groups:
+            out.append(flat[k : k + len(g["solutions"])])
+            k += len(g["solutions"])
+        return out
+
+    def score_per_prefix(self, item: dict) -> list[float]:
+        """Reference: one forward pass per step prefix, next-token label distribution after the prompt."""
+        import torch
+
+        scores = []
+        n_images = len(item.get("images") or []) if self.multimodal else 0
+        tok = get_tokenizer(self.processor)
+        for k in range(len(item["steps"])):
+            msgs = prm_messages(
+                item["question"], item["steps"][: k + 1], [SENTINEL] * (k + 1), n_images, self.system_prompt
+            )
+            msgs = msgs[:-1]  # the last assistant turn becomes the generation prompt
+            text = self.processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            text = text.replace(SENTINEL, self.placeholder)
+            if n_images:
+                inputs = self.processor(
+                    text=[text], images=[item["images"]], add_special_tokens=False, return_tensors="pt"
+                )
+            else:
+                inputs = tok([text], add_special_tokens=False, return_tensors="pt")
+            inputs = {k2: v for k2, v in inputs.items() if torch.is_tensor(v)}
+            last = int(inputs["input_ids"].shape[1]) - 1
+            scores.extend(self._scores_from_logits(self._label_logits(inputs, [[last]])[0]))
+        return scores
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# visualprm score
+
+
+def load_solutions(
+    input_path: str, image_root: str | None = None, max_steps: int = 12, splitter=None
+) -> list[tuple[Loc, dict]]:
+    """Read and validate every solution record (images resolved, not opened) before any model work."""
+    base = Path(input_path).parent
+    out = []
+    for loc, rec in read_jsonl(input_path):
+        sol = solution(rec, loc, max_steps=max_steps, splitter=splitter)
+        sol["_image_paths"] = resolve_images(sol["images"], loc, base, image_root)
+        out.append((loc, sol))
+    if not out:
+        raise InputError("no records", input_path)
+    return out
+
+
+def item_from(sol: dict, loc: Loc) -> dict:
+    """The scorer's input for a validated solution: images opened as RGB."""
+    return {
+        "question": sol["question"],
+        "images": [load_image(p, loc) for p in sol["_image_paths"]],
+        "steps": sol["steps"],
+    }
+
+
+def score_records(scorer: Scorer, records: list[tuple[Loc, dict]], progress: bool = True):
+    """Yield `(record, step_scores)` in input order, scoring in chunks of a few batches."""
+    from tqdm import tqdm
+
+    chunk = max(1, scorer.batch_size) * 4
+    bar = tqdm(total=len(records), desc="scoring", unit="sol", disable=not progress, file=sys.stderr)
+    for start in range(0, len(records), chunk):
+        part = records[start : start + chunk]
+        encoded = []
+        for loc, sol in part:
+            try:
+                encoded.append(scorer.encode_item(item_from(sol, loc)))
+            except InputError as e:
+                if e.path is None:
+                    raise InputError(e.message, loc.path, loc.line, e.field) from None
+                raise
+        for (_, sol), s in zip(part, scorer.score_encoded(encoded)):
+            yield sol, s
+        bar.update(len(part))
+    bar.close()
+
+
+def score_file(
+    prm: str,
+    input_path: str,
+    out_path: str,
+    aggregate: str = "mean",
+    batch_size: int = 8,
+    image_root: str | None = None,
+    system_prompt: bool = True,
+    device: str | None = None,
+    dtype: str | None = None,
+    max_steps: int = 12,
+    max_length: int | None = None,
+    label_mode: str = "auto",
+    splitter: str | None = None,
+) -> int:
+    """`visualprm score`: every input record written back with `step_scores`, `score`, `aggregate` added."""
+    from .steps import load_splitter
+
+    t0 = time.time()
+    if aggregate not in AGGREGATES:
+        raise InputError(f"unknown aggregate {aggregate!r} (expected one of {', '.join(AGGREGATES)})")
+    split_fn = load_splitter(splitter) if splitter else None
+    records = load_solutions(input_path, image_root, max_steps, split_fn)
+    scorer = Scorer.from_pretrained(
+        prm,
+        device=device,
+        dtype=dtype,
+        label_mode=label_mode,
+        system_prompt=None if system_prompt else False,
+        batch_size=batch_size,
+        max_length=max_length,
+    )
+    out, n_steps = [], 0
+    for sol, s in score_records(scorer, records):
+        rec = {k: v for k, v in sol.items() if not k.startswith("_")}
+        rec["step_scores"] = [round(x, 6) for x in s]
+        rec["score"] = round(_aggregate(s, aggregate), 6)
+        rec["aggregate"] = aggregate
+        n_steps += len(s)
+        out.append(rec)
+    write_jsonl(out_path, out)
+    dt = time.time() - t0
+    rate = len(out) / max(dt, 1e-9)
+    print(f"scored {len(out)} records, {n_steps} steps in {dt:.1f}s ({rate:.1f} records/s) -> {out_path}")
+    return 0
