@@ -163,6 +163,7 @@ def load_model(path: str | os.PathLike, device: str | None = None, dtype: str | 
     except (OSError, ValueError) as e:
         raise InputError(f"not a model folder: {str(e).splitlines()[0]}", path, field="prm") from None
     processor = load_processor(path, config.model_type)
+    tf.utils.logging.disable_progress_bar()  # our own bars say what is happening
     dev, dt = resolve_device_dtype(device, dtype)
     auto = tf.AutoModelForImageTextToText if is_multimodal(processor) else tf.AutoModelForCausalLM
     model = auto.from_pretrained(path, dtype=dt)
@@ -181,7 +182,9 @@ def label_token_ids(processor, labels: tuple[str, ...] = VALUE_LABELS) -> list[i
     for lab in labels:
         enc = tok(lab, add_special_tokens=False)["input_ids"]
         if len(enc) != 1:
-            raise InputError(f"label {lab!r} is {len(enc)} tokens in this vocabulary (must be exactly one)", field="label")
+            raise InputError(
+                f"label {lab!r} is {len(enc)} tokens in this vocabulary (must be exactly one)", field="label"
+            )
         ids.append(enc[0])
     if len(set(ids)) != len(ids):
         raise InputError(f"labels {labels} share a token id", field="label")

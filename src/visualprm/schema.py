@@ -38,7 +38,7 @@ class InputError(Exception):
             where += ": "
         if self.field is not None:
             where += f"field '{self.field}': "
-        return where + self.message
+        return " ".join((where + str(self.message)).split())  # always one line
 
 
 class Loc:
@@ -229,6 +229,11 @@ def load_image(path: str, loc: Loc):
             return im.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise loc.error(f"cannot read image {path}: {e.__class__.__name__}: {e}", "images") from None
+
+
+def check_image(path: str, loc: Loc) -> None:
+    """Check that an image file opens and decodes (cheap enough to run on every record before any work)."""
+    load_image(path, loc)
 
 
 def step_list(value: Any, loc: Loc, field: str = "steps") -> list[str]:

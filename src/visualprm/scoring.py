@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from .model import ADVANTAGE_LABELS, SENTINEL, VALUE_LABELS, Encoded, collate, encode, get_tokenizer, is_multimodal
-from .schema import InputError, Loc, load_image, read_jsonl, resolve_images, solution, write_jsonl
+from .schema import InputError, Loc, check_image, load_image, read_jsonl, resolve_images, solution, write_jsonl
 from .steps import prm_messages
 
 AGGREGATES = ("mean", "min", "max", "last", "prod")
@@ -130,7 +130,11 @@ class Scorer:
             head = self.model.get_output_embeddings()
             idx_b = torch.tensor([b for b, r in enumerate(rows) for _ in r], device=device)
             idx_t = torch.tensor([p for r in rows for p in r], device=device)
-            if backbone is not None and head is not None and not getattr(self.model.config, "final_logit_softcapping", None):
+            if (
+                backbone is not None
+                and head is not None
+                and not getattr(self.model.config, "final_logit_softcapping", None)
+            ):
                 hidden = backbone(**batch, use_cache=False).last_hidden_state
                 h = hidden[idx_b, idx_t]
                 w = head.weight[self.label_ids]
@@ -226,6 +230,8 @@ def load_solutions(
     for loc, rec in read_jsonl(input_path):
         sol = solution(rec, loc, max_steps=max_steps, splitter=splitter)
         sol["_image_paths"] = resolve_images(sol["images"], loc, base, image_root)
+        for path in sol["_image_paths"]:
+            check_image(path, loc)
         out.append((loc, sol))
     if not out:
         raise InputError("no records", input_path)
