@@ -1,9 +1,9 @@
 """Final-answer extraction and checking against a gold answer (REFERENCE.md §5), and the `grade` job.
 
 `check(response, record)` is what the Monte-Carlo labeller, Best-of-N and `visualprm grade` call. It returns a
-verdict `{"correct", "extracted", "parsed", "mode", "score"}` (plus `"error"` when the checker itself failed)
-and never raises on model text: an answer that cannot be found or interpreted is wrong and `parsed` is False,
-so callers can count it separately.
+verdict `{"correct", "extracted", "parsed", "mode", "score"}` (plus `"error"` when a comparison itself failed,
+which callers count, and `"guessed"`, see `check`) and never raises on model text: an answer that cannot be
+found or interpreted is wrong and `parsed` is False, so callers can count it separately.
 
 Extraction (first form that can be interpreted in the record's mode wins): the last `\\boxed{..}` (nested
 braces), `Final answer: ..`, an `Answer: ..` line, `the answer is ..`, the last **bold** text, the whole
@@ -19,7 +19,8 @@ per record: an explicit `mode` field, then `question_type`/`options`, `answer_ty
 of the gold answer. A gold answer may be a list (any of them counts).
 
 Users can bring their own checker (`load_checker("module:function")`). This module does not call models and
-needs no torch; math-verify is imported on first use.
+needs no torch; math-verify is imported on first use. It does not reproduce any benchmark's scorer exactly
+(MathVista's closest-option guess is available as `choice_fallback="closest"`).
 """
 
 from __future__ import annotations
@@ -47,49 +48,31 @@ MAX_MATH_CHARS = 1000  # longer strings are not sent to math-verify (sympy can t
 
 # Dataset names (lower case, matched as substrings of `source`) -> mode. Sources not listed use `auto`.
 SOURCE_MODES = {
-    "chartqa": "relaxed",
-    "plotqa": "relaxed",
-    "dvqa": "relaxed",
-    "docvqa": "anls",
-    "infovqa": "anls",
-    "infographicvqa": "anls",
-    "st-vqa": "anls",
-    "stvqa": "anls",
-    "textvqa": "vqa",
-    "vqav2": "vqa",
-    "okvqa": "vqa",
-    "vizwiz": "vqa",
-    "gqa": "vqa",
-    "geoqa": "math",
-    "geometry3k": "math",
-    "geos": "math",
-    "unigeo": "math",
-    "mavis": "math",
-    "mathverse": "math",
-    "math-v": "math",
-    "gsm8k": "math",
+    **dict.fromkeys(("chartqa", "plotqa", "dvqa"), "relaxed"),
+    **dict.fromkeys(("docvqa", "infovqa", "infographicvqa", "st-vqa", "stvqa"), "anls"),
+    **dict.fromkeys(("textvqa", "vqav2", "okvqa", "vizwiz", "gqa"), "vqa"),
+    **dict.fromkeys(("geoqa", "geometry3k", "geos", "unigeo", "mavis", "mathverse", "math-v", "gsm8k"), "math"),
 }
 
-_NUMBER_WORDS = {
-    w: str(i)
-    for i, w in enumerate(
-        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-        "seventeen eighteen nineteen twenty".split()
-    )
-}
+_WORDS = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen"
+_NUMBER_WORDS = {w: str(i) for i, w in enumerate((_WORDS + " seventeen eighteen nineteen twenty").split())}
 _NUM_RE = re.compile(r"(?<![\w.])[-+−]?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)(?![\d])")
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _FINAL_RE = re.compile(r"final\s+answer\s*(?:is|would be|will be|should be)?\s*[:：]?[ \t]*([^\n]*)", re.I)
 _ANSWER_LINE_RE = re.compile(r"(?:^|\n)[ \t#>*_]*answer[*_ ]*[:：][*_]*[ \t]*([^\n]*)", re.I)
 _ANSWER_IS_RE = re.compile(
-    r"\banswer\s+(?:to\s+(?:the|this)\s+question\s+)?(?:is|would be|will be|should be)\s*[:：]?[ \t]*([^\n]*)", re.I
+    r"\banswer\s+(?:to\s+(?:the|this)\s+question\s+)?(?:is|(?:would|will|should|must)\s+(?:\w+\s+)?be)\s*[:：]?"
+    r"[ \t]*([^\n]*)",
+    re.I,
 )
 _MATHY = re.compile(r"\\[a-zA-Z]+|\^|√|π|sqrt")
 _BOLD_RE = re.compile(r"\*\*([^*\n]+?)\*\*")
 _LETTER_RE = re.compile(r"^(?:\(\s*([A-Za-z])\s*\)|([A-Za-z])(?:[.:),]|$))")
 _PAREN_LETTER_RE = re.compile(r"\(([A-Z])\)")
 _UNIT_TAIL = re.compile(r"^[\s.]*(?:%|percent|°|degrees?|\\circ|\^\s*\{?\\circ\}?|[a-zA-Zµμ²³/\s.$€£¥]*)$")
-_PREFIX_OK = re.compile(r"^(?:\s|[$€£¥~≈]|about|approximately|approx\.?|around|roughly|nearly|only|usd|eur|rs\.?)*$", re.I)
+_PREFIX_OK = re.compile(
+    r"^(?:\s|[$€£¥~≈]|about|approximately|approx\.?|around|roughly|nearly|only|usd|eur|rs\.?)*$", re.I
+)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -225,7 +208,8 @@ def _options(record: dict) -> list[str] | None:
 
 
 def candidates(response: str) -> list[tuple[str, str]]:
-    """Candidate answers `(form, text)` in priority order: boxed, final, answer line, answer-is, bold, short, number."""
+    """Candidate answers `(form, text)` by priority: boxed, final, answer line, answer-is, bold, the last line
+    or the whole one-line response, the last number."""
     out: list[tuple[str, str]] = []
     boxed = last_boxed(response)
     if boxed is not None:
@@ -243,7 +227,9 @@ def candidates(response: str) -> list[tuple[str, str]]:
     if bold:
         out.append(("bold", bold[-1]))
     stripped = response.strip()
-    if stripped and len(stripped) <= 300 and "\n" not in stripped:
+    if "\n" in stripped:  # read only as an option (`(B) no`, `C`) on its own last line
+        out.append(("last-line", stripped.rsplit("\n", 1)[1]))
+    elif stripped and len(stripped) <= 300:
         out.append(("short", stripped))
     nums = _NUM_RE.findall(response)
     if nums:
@@ -279,10 +265,10 @@ def option_index(text: str, options: list[str], strict: bool = False, gold: bool
     letters = {ord(x) - ord("A") for x in _PAREN_LETTER_RE.findall(t)} & set(range(n))
     if len(letters) == 1:
         return letters.pop()
-    low = " " + vqa_normalize(t) + " "
-    hits = [i for i, o in enumerate(options) if vqa_normalize(o) and f" {vqa_normalize(o)} " in low]
-    # an option contained in a longer mentioned option ("increase" in "increase slowly") does not count
-    hits = [i for i in hits if not any(j != i and vqa_normalize(options[i]) in vqa_normalize(options[j]) for j in hits)]
+    low, vo = " " + vqa_normalize(t) + " ", [vqa_normalize(o) for o in options]
+    hits = [i for i in range(n) if vo[i] and f" {vo[i]} " in low]
+    # an option inside a longer mentioned option ("increase" in "increase slowly") does not count
+    hits = [i for i in hits if not any(j != i and vo[i] in vo[j] for j in hits)]
     if len(hits) == 1:
         return hits[0]
     return None
@@ -291,27 +277,35 @@ def option_index(text: str, options: list[str], strict: bool = False, gold: bool
 def _interpret(text: str, form: str, mode: str, options: list[str] | None) -> str | None:
     """The candidate as an answer of `mode` (a letter for choices), or None when it cannot be one."""
     if mode == "choice" and options:
-        k = option_index(text, options, strict=form in ("number", "bold") or (form == "short" and len(text) > 60))
+        strict = form in ("number", "bold", "last-line") or (form == "short" and len(text) > 60)
+        k = option_index(text, options, strict=strict)
         return chr(ord("A") + k) if k is not None else None
     if mode == "choice":
         m = _LETTER_RE.match(clean(text))
         return (m.group(1) or m.group(2)).upper() if m else None
-    if form == "short" and len(text) > 60:
+    if form == "last-line" or (form == "short" and len(text) > 60):
         return None
     if form in ("final", "answer", "answer-is", "short") and mode not in ("math", "numeric"):
         text = _first_sentence(text)
     t = clean(text)
     if mode in ("numeric", "relaxed") and t and to_number(t) is None and not _MATHY.search(t):
-        nums = _NUM_RE.findall(_first_sentence(t))  # "Answer: the spring moves 1.2 cm." -> 1.2
-        return nums[0].replace(",", "") if nums else None
+        if form == "short" or (mode == "relaxed" and not _NUM_RE.search(t)):
+            return None if mode == "numeric" else t
+        # "the spring moves 1.2 cm." -> 1.2; "2 x 3 = 6" -> 6; "1982, with $931" -> 1982; "between 3 and 4" -> None
+        seg = _first_sentence(t).rsplit("=", 1)[-1].strip()
+        nums = list(_NUM_RE.finditer(seg))
+        lead = _NUM_RE.match(seg.lstrip("$€£¥~≈ "))
+        if lead or len(nums) == 1:
+            return (lead or nums[0]).group(0).replace(",", "")
+        return None
     return t or None
 
 
 def extract_answer(response: str | None, options: list[str] | None = None, mode: str = "auto") -> str | None:
     """The final answer stated in `response`, in the form `mode` compares (an option letter when options are
     given in choice mode), or None when none can be found. Never raises on model text."""
-    found, _ = _extract(response, options, "choice" if options and mode == "auto" else mode)
-    return found
+    found, parsed = _extract(response, options, "choice" if options and mode == "auto" else mode)
+    return found if parsed else None
 
 
 def _extract(response: Any, options: list[str] | None, mode: str) -> tuple[str | None, bool]:
@@ -332,9 +326,8 @@ def _extract(response: Any, options: list[str] | None, mode: str) -> tuple[str |
 
 
 def _num_close(a: float, b: float, rel_tol: float = REL_TOL, precision: int | None = None) -> bool:
-    if precision is not None and round(a, precision) == round(b, precision):
-        return True
-    return math.isclose(a, b, rel_tol=rel_tol, abs_tol=1e-9)
+    rounded_equal = precision is not None and round(a, precision) == round(b, precision)
+    return rounded_equal or math.isclose(a, b, rel_tol=rel_tol, abs_tol=1e-9)
 
 
 def _numeric_equal(pred: str, gold: str, precision: int | None = None, rel_tol: float = REL_TOL) -> bool | None:
@@ -342,9 +335,7 @@ def _numeric_equal(pred: str, gold: str, precision: int | None = None, rel_tol: 
     p, g = to_number(pred), to_number(gold)
     if p is None or g is None:
         return None
-    pcands = [p]
-    if _is_percent(pred) != _is_percent(gold):
-        pcands += [p / 100, p * 100]
+    pcands = [p, p / 100, p * 100] if _is_percent(pred) != _is_percent(gold) else [p]  # "45%" vs "0.45"
     return any(_num_close(x, g, rel_tol, precision) for x in pcands)
 
 
@@ -393,12 +384,9 @@ def compare(pred: str, gold: Any, mode: str, options: list[str] | None = None, p
             eq = math_equal(pred, gold) or _norm(pred) == _norm(gold)
         return float(eq)
     if mode == "math":
-        if _norm(pred) == _norm(gold):
-            return 1.0
-        eq = _numeric_equal(pred, gold, precision)
-        if eq:
-            return 1.0
-        return float(bool(math_equal(pred, gold)))
+        return float(
+            _norm(pred) == _norm(gold) or bool(_numeric_equal(pred, gold, precision)) or bool(math_equal(pred, gold))
+        )
     if mode == "vqa":
         return float(vqa_normalize(pred) == vqa_normalize(gold))
     if mode == "relaxed":
@@ -441,6 +429,17 @@ def mode_for(record: dict, mode: str = "auto") -> str:
     return "vqa"
 
 
+def _check_settings(mode: str, choice_fallback: str) -> None:
+    if mode not in MODES:
+        raise InputError(f"unknown answer mode {mode!r}; choose from {', '.join(MODES)}", field="mode")
+    if choice_fallback not in ("none", "closest"):
+        raise InputError(f"unknown choice fallback {choice_fallback!r}; choose none or closest")
+
+
+def _has_gold(gold: Any) -> bool:
+    return gold is not None and gold != [] and not (isinstance(gold, str) and not gold.strip())
+
+
 def check(response: Any, record: dict, mode: str = "auto", choice_fallback: str = "none") -> dict:
     """Verdict for one response against `record["answer"]` (str, number or list of acceptable answers).
 
@@ -451,12 +450,9 @@ def check(response: Any, record: dict, mode: str = "auto", choice_fallback: str 
     Raises InputError only for a record without a gold answer or an unknown mode, never for the response.
     """
     gold = record.get("answer")
-    if gold is None or (isinstance(gold, str) and not gold.strip()) or gold == []:
+    if not _has_gold(gold):
         raise InputError("missing gold answer", field="answer")
-    if mode not in MODES:
-        raise InputError(f"unknown answer mode {mode!r}; choose from {', '.join(MODES)}", field="mode")
-    if choice_fallback not in ("none", "closest"):
-        raise InputError(f"unknown choice fallback {choice_fallback!r}; choose none or closest")
+    _check_settings(mode, choice_fallback)
     m = mode_for(record, mode)
     options = _options(record) if m == "choice" else None
     prec = record.get("precision")
@@ -465,9 +461,9 @@ def check(response: Any, record: dict, mode: str = "auto", choice_fallback: str 
     extracted, parsed = _extract(response, options, m)
     verdict = {"correct": False, "extracted": extracted, "parsed": parsed, "mode": m, "score": 0.0}
     pred = extracted
+    if not parsed and not (choice_fallback == "closest" and options):
+        return verdict
     if not parsed:
-        if not (choice_fallback == "closest" and options):
-            return verdict
         text = extracted if extracted is not None else (response.strip() if isinstance(response, str) else "")
         dist = [levenshtein(text, o) for o in options]
         pred = chr(ord("A") + dist.index(min(dist)))
@@ -519,13 +515,17 @@ def load_checker(spec: str | None) -> Callable[[Any, dict], dict]:
     if not callable(fn):
         raise InputError(f"checker {spec!r}: {mod_name} has no function {fn_name!r}")
 
-    def user_check(response: Any, record: dict, mode: str = "auto") -> dict:
-        out = fn(response, record)
+    def user_check(response: Any, record: dict) -> dict:
+        try:
+            out = fn(response, record)
+        except Exception as e:  # the user's code failed: say so instead of counting the answer as wrong
+            raise InputError(f"checker {spec!r} failed: {type(e).__name__}: {e}") from e
         if isinstance(out, bool):
             out = {"correct": out}
         if not isinstance(out, dict) or not isinstance(out.get("correct"), bool):
-            raise InputError(f"checker {spec!r} returned {type(out).__name__}; expected a bool or a dict with "
-                             "a bool 'correct'")
+            raise InputError(
+                f"checker {spec!r} returned {type(out).__name__}; expected a bool or a dict with a bool 'correct'"
+            )
         verdict = {"extracted": None, "parsed": True, "mode": f"custom:{spec}", "score": float(out["correct"])}
         verdict.update(out)
         return verdict
@@ -557,7 +557,7 @@ def read_records(path: str) -> tuple[list[tuple[Loc, dict]], list | None]:
     if isinstance(data, list):
         if not all(isinstance(r, dict) for r in data):
             raise InputError("expected a JSON list of objects", path)
-        return [(Loc(path, i + 1), r) for i, r in enumerate(data)], None
+        return [(Loc(path, i + 1), r) for i, r in enumerate(data)], None  # line = item number
     if isinstance(data, dict) and "response" not in data and data and all(isinstance(v, dict) for v in data.values()):
         return [(Loc(path, i + 1), r) for i, r in enumerate(data.values())], list(data.keys())
     from .schema import read_jsonl
@@ -566,63 +566,69 @@ def read_records(path: str) -> tuple[list[tuple[Loc, dict]], list | None]:
 
 
 def grade_file(
-    input_path: str, out_path: str, mode: str = "auto", checker: str | None = None, progress: bool = True
+    input_path: str,
+    out_path: str,
+    mode: str = "auto",
+    checker: str | None = None,
+    choice_fallback: str = "none",
+    progress: bool = True,
 ) -> dict:
     """Check every record's `response` against its `answer`; write the records back with `correct`,
-    `extracted`, `parsed` (and `check_error`) added; print and return a summary."""
-    if mode not in MODES:
-        raise InputError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}", field="mode")
-    fn = load_checker(checker)
+    `extracted`, `parsed` (and `check_error`, `guessed` when they apply) added; print and return a summary."""
+    _check_settings(mode, choice_fallback)
+    if checker:
+        user = load_checker(checker)
+        fn = lambda response, rec: user(response, rec)  # noqa: E731
+    else:
+        fn = lambda response, rec: check(response, rec, mode, choice_fallback)  # noqa: E731
     items, keys = read_records(input_path)
     for loc, rec in items:  # validate everything before any work
         if "response" not in rec:
             raise loc.error("missing", "response")
         if rec["response"] is not None and not isinstance(rec["response"], str):
             raise loc.error(f"expected a string, got {type(rec['response']).__name__}", "response")
-        gold = rec.get("answer")
-        if gold is None or (isinstance(gold, str) and not gold.strip()) or gold == []:
+        if not _has_gold(rec.get("answer")):
             raise loc.error("missing gold answer", "answer")
     from tqdm import tqdm
 
-    out, by_mode = [], Counter()
-    n_correct = n_unparsed = n_errors = 0
-    per_mode: dict[str, Counter] = {}
+    out, per_mode = [], {}
     for loc, rec in tqdm(items, desc="grade", unit="answer", disable=not progress or None, file=sys.stderr):
         try:
-            v = fn(rec["response"], rec, mode)
+            v = fn(rec["response"], rec)
         except InputError as e:
-            raise loc.error(e.message, e.field) from None
+            raise InputError(e.message, loc.path, loc.line, e.field) from None
         r = dict(rec)
         r["correct"], r["extracted"], r["parsed"] = bool(v["correct"]), v.get("extracted"), bool(v.get("parsed"))
-        if v.get("error"):
-            r["check_error"] = v["error"]
-            n_errors += 1
+        for k in ("guessed", "error"):
+            if v.get(k):
+                r["guessed" if k == "guessed" else "check_error"] = v[k]
         out.append(r)
-        c = per_mode.setdefault(v.get("mode", "?"), Counter())
-        c["n"] += 1
-        c["correct"] += r["correct"]
-        c["unparsed"] += not r["parsed"]
-        n_correct += r["correct"]
-        n_unparsed += not r["parsed"]
-        by_mode[v.get("mode", "?")] += 1
+        c = per_mode.setdefault(str(v.get("mode", "?")), Counter())
+        c.update(n=1, correct=r["correct"], unparseable=not r["parsed"], errors=bool(v.get("error")))
+        c.update(guessed=bool(v.get("guessed")), guessed_correct=bool(v.get("guessed")) and r["correct"])
     if str(out_path).endswith(".json"):
         write_json(out_path, dict(zip(keys, out)) if keys is not None else out)
     else:
         write_jsonl(out_path, out)
-    n = len(out)
+    total = sum(per_mode.values(), Counter())
+    n = total["n"]
     summary = {
         "n": n,
-        "correct": n_correct,
-        "accuracy": n_correct / n if n else 0.0,
-        "unparseable": n_unparsed,
-        "checker_errors": n_errors,
-        "by_mode": {m: dict(c) for m, c in sorted(per_mode.items())},
+        "correct": total["correct"],
+        "accuracy": total["correct"] / n if n else 0.0,
+        "unparseable": total["unparseable"],
+        "checker_errors": total["errors"],
+        "guessed": total["guessed"],
+        "guessed_correct": total["guessed_correct"],
+        "by_mode": {m: {k: c[k] for k in ("n", "correct", "unparseable")} for m, c in sorted(per_mode.items())},
     }
     print(
-        f"graded {n} answers: {n_correct} correct ({100 * summary['accuracy']:.1f}%), "
-        f"{n_unparsed} unparseable, {n_errors} checker errors -> {out_path}"
+        f"graded {n} answers: {summary['correct']} correct ({100 * summary['accuracy']:.1f}%), "
+        f"{summary['unparseable']} unparseable, {summary['checker_errors']} checker errors -> {out_path}"
     )
+    if choice_fallback == "closest":
+        print(f"closest-option guesses for unparseable choices: {total['guessed']} ({total['guessed_correct']} right)")
     print(f"{'mode':<12}{'n':>7}{'correct':>9}{'accuracy':>10}{'unparseable':>13}")
     for m, c in sorted(per_mode.items()):
-        print(f"{m:<12}{c['n']:>7}{c['correct']:>9}{100 * c['correct'] / c['n']:>9.1f}%{c['unparsed']:>13}")
+        print(f"{m:<12}{c['n']:>7}{c['correct']:>9}{100 * c['correct'] / c['n']:>9.1f}%{c['unparseable']:>13}")
     return summary

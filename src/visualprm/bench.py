@@ -528,7 +528,7 @@ def run_bench(
                 prm,
                 device=device,
                 dtype=dtype,
-                system_prompt=system_prompt,
+                system_prompt=None if system_prompt else False,
                 batch_size=batch_size,
                 max_length=max_length,
                 label_mode=label_mode,
@@ -592,6 +592,9 @@ def run_bench(
                     results["processbench"]["average_f1_ci95"] = v
                 else:
                     results["processbench"][k]["ci95"] = {"f1": v}
+    details = getattr(engine, "details", None)
+    if hasattr(engine, "summary"):
+        results["judge_parse"] = engine.summary()
     results["seconds"] = round(time.time() - t0, 2)
 
     samples = []
@@ -612,6 +615,9 @@ def run_bench(
         else:
             rec["label"] = it["label"]
             rec["pred"] = first_error(sc, threshold)
+        if details is not None and len(details) == len(items):
+            d = details[i]
+            rec["judge"] = {"format": d["format"], "missing": d["missing"], "extra": d["extra"], "reply": d["reply"]}
         samples.append(rec)
     out = Path(out_dir)
     schema.write_jsonl(out / "samples.jsonl", samples)
@@ -619,7 +625,7 @@ def run_bench(
     if report:
         from .report import bench_report
 
-        bench_report(results, samples, [it["steps"] for it in items], out / "report.html")
+        bench_report(results, samples, [(it["question"], it["steps"]) for it in items], out / "report.html")
     print(format_table(results))
     print(f"wrote {out / 'results.json'}, {out / 'samples.jsonl'}" + (f", {out / 'report.html'}" if report else ""))
     return 0

@@ -12,8 +12,8 @@ verdict for a step wins, so a closing summary overrides the analysis), numbered 
 and bare sequences such as "+ + - +" or "correct, wrong". Steps without a verdict and verdicts for steps that do
 not exist are counted (`missing`, `extra`), never guessed.
 
-The HTTP call is one function, `chat_completion`, so another client can replace it. This module does not
-start servers or load models.
+HTTP goes through `openai_client.chat_completions` (the client the `openai:` policy uses: bounded
+concurrency, retries with backoff). This module does not start servers or load models.
 """
 
 from __future__ import annotations
@@ -22,9 +22,6 @@ import base64
 import io
 import json
 import re
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 
 from .schema import InputError
 
@@ -264,68 +261,27 @@ def verdict_scores(verdicts: list[bool | None]) -> list[float]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# HTTP
-
-
-def chat_completion(
-    client,
-    url: str,
-    model: str,
-    messages: list[dict],
-    api_key: str | None,
-    temperature: float,
-    max_tokens: int,
-    seed: int | None,
-    retries: int,
-    timeout: float,
-) -> str:
-    """POST one chat completion to `url` (…/chat/completions) and return the reply text; retries with backoff on
-    connection errors, 429 and 5xx. Other HTTP errors raise at once."""
-    import httpx
-
-    body = {"model": model, "messages": messages, "temperature": temperature, "max_tokens": max_tokens}
-    if seed is not None:
-        body["seed"] = seed
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    last = ""
-    for attempt in range(retries + 1):
-        try:
-            r = client.post(url, json=body, headers=headers, timeout=timeout)
-            if r.status_code == 429 or r.status_code >= 500:
-                last = f"HTTP {r.status_code}: {r.text[:200]}"
-            elif r.status_code >= 400:
-                raise RuntimeError(f"judge server {url} answered HTTP {r.status_code}: {r.text[:300]}")
-            else:
-                data = r.json()
-                content = data["choices"][0]["message"].get("content")
-                if isinstance(content, list):  # some servers return content parts
-                    content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-                return content or ""
-        except (httpx.TransportError, json.JSONDecodeError, KeyError, IndexError, TypeError) as e:
-            last = f"{type(e).__name__}: {e}"
-        if attempt < retries:
-            time.sleep(min(2**attempt * 0.5, 8.0))
-    raise RuntimeError(f"judge server {url} failed after {retries + 1} tries: {last}")
+# The judge
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
-    """`openai:MODEL@URL` -> (model, chat-completions URL). A URL without a path gets `/v1`."""
-    if not spec or not spec.startswith("openai:") or "@" not in spec:
-        raise InputError(f"judge spec must look like openai:MODEL@URL, got {spec!r}")
-    model, _, url = spec[len("openai:") :].rpartition("@")
-    if not model or not url.startswith(("http://", "https://")):
-        raise InputError(f"judge spec must look like openai:MODEL@http://HOST:PORT/v1, got {spec!r}")
-    url = url.rstrip("/")
-    if not url.endswith("/chat/completions"):
-        if url.count("/") == 2:  # scheme://host[:port]
-            url += "/v1"
-        url += "/chat/completions"
+    """`openai:MODEL@URL` -> (model, URL); other forms raise `InputError`."""
+    from .policy import parse_policy_spec
+
+    try:
+        kind, model, url = parse_policy_spec(spec)
+    except InputError:
+        kind = model = url = None
+    if kind != "openai" or not model or not url:
+        raise InputError(
+            f"bad judge spec {spec!r}; expected openai:MODEL@URL (e.g. openai:gpt-4o@http://host:8000)", field="judge"
+        )
     return model, url
 
 
 class Judge:
-    """An MLLM critic with the Scorer's `score_steps` / `score_groups` shape. `details` keeps, per solution scored,
-    the reply and the parse counts (in order)."""
+    """An MLLM critic with the Scorer's `score_steps` / `score_groups` shape. `details` keeps, per solution judged,
+    the reply and the parse counts, in order. HTTP goes through openai_client (bounded concurrency, retries)."""
 
     def __init__(
         self,
@@ -333,50 +289,66 @@ class Judge:
         url: str,
         api_key: str | None = None,
         concurrency: int = 8,
-        retries: int = 3,
-        timeout: float = 300.0,
+        retries: int = 6,
+        timeout: float = 600.0,
         temperature: float = 0.0,
         max_tokens: int = 2048,
         seed: int | None = 0,
+        backoff: float = 1.0,
     ):
         self.model, self.url, self.api_key = model, url, api_key
-        self.concurrency, self.retries, self.timeout = max(1, concurrency), retries, timeout
+        self.concurrency, self.retries, self.timeout, self.backoff = max(1, concurrency), retries, timeout, backoff
         self.temperature, self.max_tokens, self.seed = temperature, max_tokens, seed
         self.details: list[dict] = []
-        self._lock = threading.Lock()
+        self._probed = False
 
     @classmethod
     def from_spec(cls, spec: str, **kw) -> Judge:
-        import os
-
         model, url = parse_spec(spec)
-        kw.setdefault("api_key", os.environ.get("OPENAI_API_KEY"))
         return cls(model, url, **kw)
 
-    def judge_one(self, client, item: dict) -> dict:
-        msgs = judge_messages(item["question"], item["steps"], item.get("images"))
-        reply = chat_completion(
-            client,
-            self.url,
-            self.model,
-            msgs,
-            self.api_key,
-            self.temperature,
-            self.max_tokens,
-            self.seed,
-            self.retries,
-            self.timeout,
-        )
-        return {"reply": reply, **parse_verdicts(reply, len(item["steps"]))}
+    def body(self, item: dict) -> dict:
+        body = {
+            "messages": judge_messages(item["question"], item["steps"], item.get("images")),
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+        }
+        if self.seed is not None:
+            body["seed"] = self.seed
+        return body
 
     def judge(self, items: list[dict]) -> list[dict]:
-        """Verdicts for `{question, images, steps}` items, `concurrency` requests at a time, in input order."""
-        import httpx
+        """Verdicts for `{question, images, steps}` items, in input order. A request the server refuses for good
+        (e.g. an image it cannot take) leaves that solution without verdicts (`format: "error"`); a server that
+        stays unavailable raises `openai_client.ServerUnavailable`."""
+        from .openai_client import RequestError, chat_completions, choice_texts, probe
 
-        with httpx.Client() as client, ThreadPoolExecutor(self.concurrency) as pool:
-            out = list(pool.map(lambda it: self.judge_one(client, it), items))
-        with self._lock:
-            self.details += out
+        if not self._probed:
+            probe(self.url, self.model, self.api_key)
+            self._probed = True
+        responses = chat_completions(
+            self.url,
+            self.model,
+            [self.body(it) for it in items],
+            concurrency=self.concurrency,
+            retries=self.retries,
+            timeout=self.timeout,
+            api_key=self.api_key,
+            backoff=self.backoff,
+            return_exceptions=True,
+        )
+        out = []
+        for it, r in zip(items, responses):
+            n = len(it["steps"])
+            if isinstance(r, RequestError):
+                out.append({"reply": None, "error": str(r), **_result([None] * n, 0, "error")})
+            elif isinstance(r, BaseException):
+                raise r
+            else:
+                texts = choice_texts(r)
+                reply = texts[0] if texts else ""
+                out.append({"reply": reply, **parse_verdicts(reply, n)})
+        self.details += out
         return out
 
     def score_steps(self, items: list[dict]) -> list[list[float]]:
@@ -402,5 +374,6 @@ class Judge:
             "missing_verdicts": sum(x["missing"] for x in d),
             "extra_verdicts": sum(x["extra"] for x in d),
             "unparsed_replies": sum(x["format"] == "none" for x in d),
+            "refused_requests": sum(x["format"] == "error" for x in d),
             "formats": {f: sum(x["format"] == f for x in d) for f in sorted({x["format"] for x in d})},
         }

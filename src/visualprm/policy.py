@@ -1,9 +1,18 @@
 """The `Policy` protocol (what the Monte-Carlo labeller, search and the demo need from a policy MLLM) and its
-backends: `openai:MODEL@URL`, `hf:PATH`, `vllm:PATH_OR_ID`, `synthetic`.
+backends: `openai:MODEL@URL`, `hf:PATH`, `vllm:PATH_OR_ID`, `synthetic` (`load_policy(spec)`).
 
 One method does both jobs of a policy: `generate(requests)` samples `n` texts for each request, continuing
 `request.prefix` (a partial assistant response; "" for a fresh solution). It returns only the generated text;
-the full response is `prefix + text`. Backends import their engines inside the functions that use them.
+the full response is `prefix + text`. Every request carries its own seed, so results do not depend on how
+requests are batched. Backends import their engines inside the functions that use them.
+
+The policy's prompt (`policy_prompt`): the question with short-answer instructions cut, in one of the released
+VisualPRM answer-format templates (`final-answer`: "Final answer: ..", `boxed`: "Answer: \\boxed{..}"). Images go
+as image items (base64 data URLs over HTTP) in front of the text, or at `<image>` placeholders when several.
+
+Errors: a malformed spec or an unreachable server is an `InputError` (before any work); a request the server
+refuses for good is a `PolicyError` (the caller skips that problem); retries exhausted is `ServerUnavailable`.
+This module does not check answers or split steps.
 """
 
 from __future__ import annotations
@@ -12,6 +21,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .openai_client import RequestError as PolicyError  # noqa: F401  (re-exported: a refused request)
+from .openai_client import ServerUnavailable  # noqa: F401
 from .schema import InputError
 from .steps import IMAGE_PLACEHOLDER
 
@@ -357,8 +368,10 @@ class VLLMPolicy:
 # ---------------------------------------------------------------------------------------------------------------
 # Spec
 
-SPEC_FORMS = "synthetic, hf:PATH, openai:MODEL@URL (e.g. openai:Qwen/Qwen2.5-VL-7B-Instruct@http://localhost:8000), " \
-    "vllm:PATH_OR_ID"
+SPEC_FORMS = (
+    "synthetic[:perception=X,reasoning=X,hard=X], hf:PATH, openai:MODEL@URL (e.g. "
+    "openai:Qwen/Qwen2.5-VL-7B-Instruct@http://localhost:8000), vllm:PATH_OR_ID"
+)
 
 
 def parse_policy_spec(spec: str) -> tuple[str, str, str | None]:
@@ -387,17 +400,20 @@ def load_policy(
     dtype: str | None = None,
     batch_size: int = 8,
     engine_kwargs: dict | None = None,
+    backoff: float = 1.0,
 ) -> Policy:
-    """A policy from its spec. openai: probes the server first (unreachable -> `InputError`, before any work)."""
+    """A policy from its spec; options that do not apply to its backend are ignored. openai: probes the server
+    first (unreachable -> `InputError`, before any work); `backoff` is the first retry wait in seconds. hf:
+    `device`, `dtype`, `batch_size`. vllm: `engine_kwargs` for `vllm.LLM` (e.g. tensor_parallel_size)."""
     kind, model, url = parse_policy_spec(spec)
     if answer_format not in ANSWER_FORMATS:
         raise InputError(f"unknown prompt {answer_format!r}; choose from {', '.join(ANSWER_FORMATS)}", field="prompt")
     if kind == "openai":
-        return OpenAIPolicy(model, url, answer_format, concurrency, retries, timeout, api_key)
+        return OpenAIPolicy(model, url, answer_format, concurrency, retries, timeout, api_key, backoff=backoff)
     if kind == "hf":
         return HFPolicy(model, answer_format, device, dtype, batch_size)
     if kind == "vllm":
         return VLLMPolicy(model, answer_format, engine_kwargs)
-    from .synthetic import SyntheticPolicy
+    from .synthetic import parse_synthetic_spec
 
-    return SyntheticPolicy()
+    return parse_synthetic_spec(spec)

@@ -60,6 +60,8 @@ class Scorer:
         batch_size: int = 8,
         max_length: int | None = None,
         padding_side: str = "right",
+        share_prefix: bool = True,
+        max_batch_tokens: int | None = None,
     ):
         from .model import label_token_ids
 
@@ -74,6 +76,8 @@ class Scorer:
         self.batch_size = batch_size
         self.max_length = max_length
         self.padding_side = padding_side
+        self.share_prefix = share_prefix  # score_groups: run each group's shared prompt once (sharing.py)
+        self.max_batch_tokens = max_batch_tokens  # score_groups: bound on rows x (prefix + suffix) per batch
         tok = get_tokenizer(processor)
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
         self.multimodal = is_multimodal(processor)
@@ -136,11 +140,7 @@ class Scorer:
                 and not getattr(self.model.config, "final_logit_softcapping", None)
             ):
                 hidden = backbone(**batch, use_cache=False).last_hidden_state
-                h = hidden[idx_b, idx_t]
-                w = head.weight[self.label_ids]
-                logits = h @ w.T
-                if getattr(head, "bias", None) is not None:
-                    logits = logits + head.bias[self.label_ids]
+                logits = self._label_head(hidden[idx_b, idx_t])
             else:  # plain path for models whose head does more than a linear map
                 logits = self.model(**batch, use_cache=False).logits[idx_b, idx_t][:, self.label_ids]
         logits = logits.float().cpu()
@@ -149,6 +149,14 @@ class Scorer:
             out.append(logits[k : k + len(r)])
             k += len(r)
         return out
+
+    def _label_head(self, h):
+        """Label-token logits from final hidden states [n, hidden]: only those rows of the output layer."""
+        head = self.model.get_output_embeddings()
+        logits = h @ head.weight[self.label_ids].T
+        if getattr(head, "bias", None) is not None:
+            logits = logits + head.bias[self.label_ids]
+        return logits
 
     def _scores_from_logits(self, logits) -> list[float]:
         import torch
@@ -176,20 +184,12 @@ class Scorer:
     def score_groups(self, groups: list[dict]) -> list[list[list[float]]]:
         """Step scores for groups `{question, images, solutions: [[steps], ..]}` sharing a prompt (Best-of-N).
 
-        Today this flattens the groups into one list of solutions; its shape lets a prefix-sharing path
-        replace it without changing callers.
+        Each group's shared prefix (system prompt, images, question) runs once and its key/value cache serves
+        all candidates (sharing.py); models where that is not possible fall back to one full pass per solution.
         """
-        items = [
-            {"question": g["question"], "images": g.get("images") or [], "steps": s}
-            for g in groups
-            for s in g["solutions"]
-        ]
-        flat = self.score_steps(items)
-        out, k = [], 0
-        for g in groups:
-            out.append(flat[k : k + len(g["solutions"])])
-            k += len(g["solutions"])
-        return out
+        from .sharing import score_groups
+
+        return score_groups(self, groups)
 
     def score_per_prefix(self, item: dict) -> list[float]:
         """Reference: one forward pass per step prefix, next-token label distribution after the prompt."""
