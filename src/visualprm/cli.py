@@ -170,6 +170,7 @@ def _cmd_serve(a: argparse.Namespace) -> int:
         system_prompt=not a.no_system_prompt,
         label_mode=a.label_mode,
         log_level=a.log_level,
+        torch_threads=a.torch_threads,
         api_key=a.api_key or os.environ.get("VISUALPRM_API_KEY") or None,
         image_root=a.image_root,
         allow_remote_images=a.allow_remote_images,
@@ -232,7 +233,7 @@ def _cmd_build_data(a: argparse.Namespace) -> int:
         orm=a.orm,
         system_prompt=not a.no_system_prompt,
         image_root=a.image_root,
-        keep_duplicates=a.keep_duplicates,
+        dedup=a.dedup,
     )
     return 0
 
@@ -296,6 +297,22 @@ def _cmd_search(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_make_base_model(a: argparse.Namespace) -> int:
+    from .basemodel import make_base_model
+
+    make_base_model(
+        a.out, seed=a.seed, steps=a.steps, batch_size=a.batch_size, lr=a.lr, minutes=a.minutes, device=a.device
+    )
+    return 0
+
+
+def _cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(a.out, quick=a.quick, seed=a.seed, base=a.base)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="visualprm",
@@ -349,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--arch",
         default="qwen2_vl",
-        choices=("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl", "llava", "idefics3"),
+        choices=("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl", "llava"),
         help="architecture (default qwen2_vl)",
     )
     p.add_argument("--seed", type=int, default=0, help="weight seed")
@@ -422,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bf16 on CUDA, else fp32)")
     p.add_argument("--no-system-prompt", action="store_true", help="leave out the VisualPRM system prompt")
     p.add_argument("--label-mode", choices=("auto", "value", "advantage"), default="auto", help="as in `score`")
+    p.add_argument("--torch-threads", type=_positive_int, default=None, help="CPU threads for torch (torch's default)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=_cmd_serve)
 
@@ -505,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--orm", action="store_true", help="ORM data: all steps in one turn, the last step's mc")
     p.add_argument("--no-system-prompt", action="store_true", help="leave out the VisualPRM system turn")
     p.add_argument("--image-root", default=None, help="folder for relative image paths (default: the input's)")
-    p.add_argument("--keep-duplicates", action="store_true", help="keep repeated identical solutions")
+    p.add_argument("--dedup", action="store_true", help="drop repeated identical solutions (kept by default)")
     p.set_defaults(func=_cmd_build_data)
 
     p = sub.add_parser("train", help="fine-tune a vision-language model into a PRM")
@@ -532,12 +550,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", dest="max_length", type=int, default=None, help="longest sequence (0: none)")
     p.add_argument("--seed", type=int, default=None, help="seed (0)")
     p.add_argument("--save-steps", dest="save_steps", type=_positive_int, default=None, help="checkpoint every N")
+    p.add_argument("--save-total-limit", dest="save_total_limit", type=_positive_int, default=None, help="keep N (2)")
     p.add_argument("--logging-steps", dest="logging_steps", type=_positive_int, default=None, help="log every N")
     p.add_argument("--eval-steps", dest="eval_steps", type=int, default=None, help="evaluate every N (0: at end)")
     p.add_argument("--torch-dtype", dest="torch_dtype", default=None, help="weights dtype (float32)")
     p.add_argument("--limit", type=int, default=None, help="only the first N records")
     p.add_argument("--deepspeed", default=None, help="DeepSpeed JSON config")
     p.add_argument("--num-workers", dest="num_workers", type=int, default=None, help="data loader workers (0)")
+    p.add_argument("--torch-threads", dest="torch_threads", type=int, default=None, help="CPU threads (0: default)")
     p.add_argument("--lora-r", dest="lora_r", type=_positive_int, default=None, help="LoRA rank (16)")
     p.add_argument("--lora-alpha", dest="lora_alpha", type=_positive_int, default=None, help="LoRA alpha (32)")
     for flag, dest, value, help_ in (
@@ -547,7 +567,6 @@ def build_parser() -> argparse.ArgumentParser:
         ("--gradient-checkpointing", "gradient_checkpointing", True, "recompute activations (less memory)"),
         ("--train-eot", "train_eot", True, "also supervise the end-of-turn token after each label"),
         ("--no-soft-labels", "soft_labels", False, "ignore mc in the data (hard labels only)"),
-        ("--no-lora-merge", "lora_merge", False, "save the LoRA adapter only (OUT/adapter)"),
         ("--drop-long", "drop_long", True, "drop sequences over --max-length instead of failing"),
         ("--no-preencode", "preencode", False, "encode in the data loader (large data), not up front"),
         ("--overwrite", "overwrite", True, "start afresh even if OUT holds checkpoints or a trained PRM"),
@@ -599,6 +618,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy-batch-size", type=_positive_int, default=8, help="hf policy: sequences per call (8)")
     _add_model_options(p)
     p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser(
+        "make-base-model", help="pre-train the small base VLM that sees the synthetic domain (the demo's base)"
+    )
+    p.add_argument("out", help="output folder (the shipped one is src/visualprm/assets/base-model)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the weights and the data (0)")
+    p.add_argument("--steps", type=_positive_int, default=1000, help="optimizer steps (1000)")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="sequences per step (32)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (2e-3)")
+    p.add_argument("--minutes", type=float, default=None, help="stop early after this many minutes (not reproducible)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.set_defaults(func=_cmd_make_base_model)
+
+    p = sub.add_parser("demo", help="the whole VisualPRM method in miniature on the built-in task, on a CPU")
+    p.add_argument("--out", default="demo-out", help="output folder (demo-out)")
+    p.add_argument("--quick", action="store_true", help="smaller run for CI (<= 3 minutes on a 2-core CPU)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the problems, the policy and training (0)")
+    p.add_argument("--base", default=None, help="base model folder (default: the shipped one)")
+    p.set_defaults(func=_cmd_demo)
 
     # Further commands are added below by their issues; keep one block per command.
     return parser

@@ -17,7 +17,8 @@ size is capped while reading (a slow client only holds its own connection, and i
 Refusals name the limit: 401 (API key), 403 (remote URL without `allow_remote_images`, a path outside
 `image_root`, a private or loopback address), 408 (body too slow), 413 (body, image bytes or pixels, images,
 solutions, steps, characters or tokens over a limit), 422 (malformed JSON, wrong fields, undecodable image),
-503 (queue full, with Retry-After). The answer is `{"detail": message, "limit": name}`.
+503 (queue full, with Retry-After). The answer is `{"detail": message, "limit": name}`. Request contents and
+images are checked in serve_inputs.py.
 
 It does not load models (scoring.py does; `serve` below is the CLI job that loads one and runs uvicorn), and it
 does not keep state between requests beyond counters.
@@ -26,14 +27,8 @@ does not keep state between requests beyond counters.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
 import hmac
-import io
-import ipaddress
-import os
-import socket
 import sys
 import time
 import traceback
@@ -42,18 +37,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urljoin, urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from starlette.concurrency import run_in_threadpool
 
 from .schema import InputError
-from .steps import split_steps
-
-AGGREGATES = ("mean", "min", "max", "last", "prod")
+from .serve_inputs import ServeError, check_request, load_images, scorer_error
 
 
 @dataclass
@@ -144,7 +135,8 @@ class Histogram:
         out = [f'{name}_bucket{{{labels}{sep}le="{b}"}} {c}' for b, c in zip(self.buckets, self.counts)]
         out.append(f'{name}_bucket{{{labels}{sep}le="+Inf"}} {self.count}')
         lab = f"{{{labels}}}" if labels else ""
-        return out + [f"{name}_sum{lab} {self.sum:.6f}", f"{name}_count{lab} {self.count}"]
+        total = int(self.sum) if float(self.sum).is_integer() else f"{self.sum:.6f}"
+        return out + [f"{name}_sum{lab} {total}", f"{name}_count{lab} {self.count}"]
 
 
 class Metrics:
@@ -212,7 +204,7 @@ class Batcher:
 
     def __init__(self, scorer, opts: ServeOptions, metrics: Metrics):
         self.scorer, self.opts, self.metrics = scorer, opts, metrics
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="visualprm-scorer")
+        self.executor: ThreadPoolExecutor | None = None
         self.queue: deque = deque()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.task: asyncio.Task | None = None
@@ -221,6 +213,8 @@ class Batcher:
 
     def ensure_started(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.executor is None:
+            self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="visualprm-scorer")
         if self.loop is not loop or self.task is None or self.task.done():
             # A new event loop (another test client) or a dead task: start over with a fresh queue.
             self.loop, self.queue, self.wakeup = loop, deque(), asyncio.Event()
@@ -307,7 +301,9 @@ class Batcher:
     def close(self) -> None:
         if self.task is not None and not self.task.done():
             self.task.cancel()
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            self.executor = None  # the app can be started again (another test client)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -407,9 +403,25 @@ def _validation_message(exc: RequestValidationError) -> str:
         if err.get("type") == "json_invalid":
             why = (err.get("ctx") or {}).get("error", "")
             parts.append(f"malformed JSON: {why} (at character {loc or '?'})")
+        elif not loc:
+            parts.append("body: expected a JSON object (Content-Type: application/json)")
         else:
-            parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
+            parts.append(f"{loc}: {err.get('msg', 'invalid')}")
     return "; ".join(parts) or "invalid request"
+
+
+def make_options(**options) -> ServeOptions:
+    """`ServeOptions` from keywords; an unknown name is a TypeError listing the valid ones."""
+    names = {f.name for f in fields(ServeOptions)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise TypeError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+    opts = ServeOptions(**options)
+    if opts.max_batch_size < 1 or opts.max_wait_ms < 0:
+        raise InputError("must be >= 1 (max_wait_ms >= 0)", field="max_batch_size")
+    if opts.image_root is not None and not Path(opts.image_root).is_dir():
+        raise InputError("not a folder", opts.image_root, field="image_root")
+    return opts
 
 
 def build_app(scorer, **options) -> FastAPI:
@@ -418,15 +430,7 @@ def build_app(scorer, **options) -> FastAPI:
     Options are the fields of `ServeOptions` (batching, limits, image access, API key)."""
     from contextlib import asynccontextmanager
 
-    names = {f.name for f in fields(ServeOptions)}
-    unknown = sorted(set(options) - names)
-    if unknown:
-        raise TypeError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
-    opts = ServeOptions(**options)
-    if opts.max_batch_size < 1:
-        raise ValueError("max_batch_size must be >= 1")
-    if opts.image_root is not None and not Path(opts.image_root).is_dir():
-        raise InputError("not a folder", opts.image_root, field="image_root")
+    opts = make_options(**options)
     from .scoring import aggregate
 
     metrics = Metrics()
@@ -461,61 +465,44 @@ def build_app(scorer, **options) -> FastAPI:
     async def _internal(request: Request, e: Exception):
         return _json_error(500, f"internal error ({e.__class__.__name__}); see the server log")
 
-    async def load_images(req: ScoreRequest) -> list:
-        raw: list[tuple[str, Any]] = []  # (where, bytes or ("b64", str))
-        for i, s in enumerate(req.images):
-            where = f"images[{i}]"
-            if is_url(s):
-                if not opts.allow_remote_images:
-                    raise ServeError(
-                        403,
-                        f"{where}: remote image URLs are refused (start the server with "
-                        "--allow-remote-images to allow them)",
-                        "allow_remote_images",
-                    )
-                if state["http"] is None:
-                    import httpx
+    def http_client():
+        if state["http"] is None:
+            import httpx
 
-                    state["http"] = httpx.AsyncClient(
-                        follow_redirects=False, trust_env=False, timeout=opts.remote_timeout_s
-                    )
-                raw.append((where, await fetch_remote_image(s, opts, state["http"], where)))
-            else:
-                raw.append((where, ("b64", s)))
-        root = Path(opts.image_root) if opts.image_root else None
-        raw += [(f"image_paths[{i}]", ("path", p)) for i, p in enumerate(req.image_paths)]
-
-        def decode_all() -> list:
-            out = []
-            for where, src in raw:
-                if isinstance(src, tuple) and src[0] == "b64":
-                    src = decode_base64(src[1], opts, where)
-                elif isinstance(src, tuple):
-                    src = read_under_root(root, src[1], opts, where)
-                out.append(open_image(src, opts, where))
-            return out
-
-        return await run_in_threadpool(decode_all) if raw else []
+            state["http"] = httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=opts.remote_timeout_s)
+        return state["http"]
 
     async def score_request(req: ScoreRequest) -> list[dict]:
-        step_lists = _check_request(req, opts)
-        images = await load_images(req)
+        step_lists = check_request(req, opts)
+        images = await load_images(req, opts, http_client)
         items = [{"question": req.question, "images": images, "steps": steps} for steps in step_lists]
         try:
             scores = await batcher.submit(items)
         except InputError as e:
-            raise _scorer_error(e, opts) from None
-        return [{"step_scores": s, "score": aggregate(s, req.aggregate)} for s in scores]
+            raise scorer_error(e, opts) from None
+        except ServeError:
+            raise
+        except Exception as e:  # the batcher printed the traceback
+            raise ServeError(
+                500, f"internal error: scoring failed ({e.__class__.__name__}); see the server log"
+            ) from e
+        # Rounded to 6 places, as `visualprm score` writes them, so both give the same numbers.
+        return [
+            {"step_scores": [round(x, 6) for x in s], "score": round(aggregate(s, req.aggregate), 6), "_raw": s}
+            for s in scores
+        ]
 
     @app.post("/v1/score", response_model=ScoreReply, summary="Per-step scores and the aggregate of each solution")
     async def score(req: ScoreRequest):
-        return JSONResponse({"results": await score_request(req)})
+        results = await score_request(req)
+        return JSONResponse({"results": [{k: v for k, v in r.items() if k != "_raw"} for r in results]})
 
     @app.post("/v1/bon", response_model=BonReply, summary="Best-of-N: the solution with the highest aggregate")
     async def bon(req: ScoreRequest):
         results = await score_request(req)
+        raw = [aggregate(r.pop("_raw"), req.aggregate) for r in results]
+        best = max(range(len(raw)), key=lambda i: (raw[i], -i))  # unrounded; ties: the lower index
         scores = [r["score"] for r in results]
-        best = max(range(len(scores)), key=lambda i: (scores[i], -i))  # ties: the lower index
         return JSONResponse({"best": best, "score": scores[best], "scores": scores, "results": results})
 
     @app.get("/health", summary="Liveness and queue state")
@@ -591,20 +578,31 @@ def serve(
     system_prompt: bool = True,
     label_mode: str = "auto",
     log_level: str = "info",
+    torch_threads: int | None = None,
     **options,
 ) -> int:
-    """Load the PRM and serve it until interrupted (`visualprm serve`)."""
+    """Load the PRM and serve it until interrupted (`visualprm serve`).
+
+    `torch_threads`: CPU threads for torch. On a small shared CPU machine, 1 leaves a core to the event loop and
+    avoids OpenMP threads spinning against each other (on a 2-core machine under load it was several times faster).
+    """
     import uvicorn
 
     from .scoring import Scorer
 
-    kw: dict[str, Any] = {"device": device, "dtype": dtype, "system_prompt": system_prompt}
+    if torch_threads:
+        import torch
+
+        torch.set_num_threads(torch_threads)
+
+    # system_prompt None: what `train` recorded with the checkpoint (on by default), as `visualprm score` does.
+    kw: dict[str, Any] = {"device": device, "dtype": dtype, "system_prompt": None if system_prompt else False}
     kw |= {"batch_size": options.get("max_batch_size", ServeOptions.max_batch_size)}
     kw |= {"max_length": options.get("max_tokens"), "label_mode": label_mode}
+    opts = make_options(**options)  # bad options fail before the model loads
     t0 = time.time()
     scorer = Scorer.from_pretrained(prm, **kw)
     app = build_app(scorer, **options)
-    opts: ServeOptions = app.state.options
     print(
         f"visualprm serve: loaded {prm} in {time.time() - t0:.1f}s; listening on http://{host}:{port} "
         f"(docs at /docs); options: " + ", ".join(f"{k}={v}" for k, v in asdict(opts).items() if k != "api_key"),
