@@ -530,7 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.description = (
         "Fine-tune any AutoModelForImageTextToText model on training conversations (build-data output or the "
         "official VisualPRM400K files), loss on the label tokens only. Options override --config YAML, which "
-        "overrides the defaults (the paper's: AdamW, wd 0.05, lr 1e-5, 5%% warm-up, cosine, 1 epoch, vision "
+        "overrides the defaults (the paper's: AdamW, wd 0.05, lr 1e-5, 5% warm-up, cosine, 1 epoch, vision "
         "encoder frozen). Multi-GPU: accelerate launch -m visualprm train ... (configs/accelerate_*.yaml). "
         "Re-running the same command resumes from the last checkpoint in OUT/checkpoints."
     )
@@ -541,7 +541,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-data", dest="eval_data", default=None, help="held-out conversations (else a split)")
     p.add_argument("--eval-split", dest="eval_split", type=float, default=None, help="problems held out (0.1)")
     p.add_argument("--image-root", dest="image_root", default=None, help="folder for relative image paths")
-    p.add_argument("--label-mode", dest="label_mode", choices=("auto", "value", "advantage"), default=None)
+    p.add_argument(
+        "--label-mode",
+        dest="label_mode",
+        choices=("auto", "value", "advantage"),
+        default=None,
+        help="value (+/-) or advantage (+/=/-); auto: advantage iff the data has '=' (auto)",
+    )
     p.add_argument("--epochs", type=float, default=None, help="training epochs (1)")
     p.add_argument("--max-steps", dest="max_steps", type=int, default=None, help="optimizer steps (-1: epochs)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (1e-5)")
