@@ -198,3 +198,25 @@ def test_bon_cli_with_a_tiny_prm_and_the_prm_as_orm(tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert res["aggregate"] == "min" and "orm" in res["accuracy"] and res["config"]["orm"] == "prm"
     assert (out / "bon_curve.png").exists() and (out / "report.html").exists()
+
+
+def test_bon_custom_checker_changes_verdicts(tmp_path):
+    """`--checker module:function` replaces the built-in answer check in the Best-of-N evaluation."""
+    import json
+
+    from visualprm.bon import bon_file
+
+    class Const:  # a scorer that prefers the first candidate
+        def score_groups(self, groups):
+            return [[[1.0 - 0.1 * i] for i in range(len(g["solutions"]))] for g in groups]
+
+    (tmp_path / "chk.py").write_text("def check(response, record):\n    return 'yes' in response\n")
+    inp = tmp_path / "c.jsonl"
+    inp.write_text(json.dumps({"id": "p", "question": "q", "answer": "7", "responses": ["no 7", "yes 3"]}) + "\n")
+    bon_file(None, str(inp), str(tmp_path / "a"), engine=Const(), report=False)
+    builtin = json.loads((tmp_path / "a" / "results.json").read_text())
+    bon_file(None, str(inp), str(tmp_path / "b"), engine=Const(), report=False, checker=f"{tmp_path}/chk.py:check")
+    custom = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert builtin["accuracy"]["pass@1"] == 1.0 and builtin["accuracy"]["prm_mean"] == 1.0
+    assert custom["accuracy"]["pass@1"] == 0.0 and custom["accuracy"]["prm_mean"] == 0.0
+    assert custom["accuracy"]["oracle"] == 1.0

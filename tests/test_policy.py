@@ -190,3 +190,19 @@ def test_hf_tiny_generate(tiny_policy, problems):
         tokenize=False, continue_final_message=True,
     )  # fmt: skip
     assert text.endswith("<|im_start|>assistant\nThere are 2")
+
+
+def test_py_policy_spec_loads_your_own_policy(tmp_path):
+    """`py:MODULE:FACTORY` (or `py:file.py:FACTORY`) names a policy object of your own."""
+    from visualprm.policy import GenRequest, load_policy
+    from visualprm.schema import InputError
+
+    (tmp_path / "mypol.py").write_text(
+        "class P:\n    name = 'echo'\n"
+        "    def generate(self, requests):\n        return [['x' * r.n] * r.n for r in requests]\n"
+        "    def close(self):\n        pass\n"
+    )
+    pol = load_policy(f"py:{tmp_path}/mypol.py:P")
+    assert pol.name == "echo" and pol.generate([GenRequest(problem={}, n=2)]) == [["xx", "xx"]]
+    with pytest.raises(InputError, match="no generate"):
+        load_policy("py:builtins:dict")

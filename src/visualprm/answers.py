@@ -25,8 +25,6 @@ needs no torch; math-verify is imported on first use. It does not reproduce any 
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import logging
 import math
@@ -39,7 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .schema import InputError, Loc, write_json, write_jsonl
+from .schema import InputError, Loc, load_callable, write_json, write_jsonl
 
 MODES = ("auto", "exact", "numeric", "choice", "math", "vqa", "relaxed", "anls")
 REL_TOL = 1e-4
@@ -494,26 +492,7 @@ def load_checker(spec: str | None) -> Callable[[Any, dict], dict]:
     """
     if spec in (None, "", "builtin", "auto"):
         return check
-    if ":" not in spec:
-        raise InputError(f"checker {spec!r}: expected module:function or path.py:function")
-    mod_name, fn_name = spec.rsplit(":", 1)
-    try:
-        if mod_name.endswith(".py"):
-            path = Path(mod_name)
-            if not path.is_file():
-                raise InputError(f"checker {spec!r}: file not found: {path}")
-            sp = importlib.util.spec_from_file_location(f"visualprm_user_checker_{path.stem}", path)
-            module = importlib.util.module_from_spec(sp)
-            sp.loader.exec_module(module)
-        else:
-            module = importlib.import_module(mod_name)
-    except InputError:
-        raise
-    except Exception as e:
-        raise InputError(f"checker {spec!r}: cannot import {mod_name}: {type(e).__name__}: {e}") from None
-    fn = getattr(module, fn_name, None)
-    if not callable(fn):
-        raise InputError(f"checker {spec!r}: {mod_name} has no function {fn_name!r}")
+    fn = load_callable(spec, "checker")
 
     def user_check(response: Any, record: dict) -> dict:
         try:

@@ -283,8 +283,9 @@ def _score_all(engine, problems, image_root, no_image, one_step: bool, chunk: in
     return out
 
 
-def _gold(p: dict) -> tuple[list[bool], list] | None:
-    """(correct flags, extracted answers or None) from the record's `correct` or from answers.check."""
+def _gold(p: dict, check=None) -> tuple[list[bool], list] | None:
+    """(correct flags, extracted answers or None) from the record's `correct` or from the checker
+    (`answers.check` unless the user gave `--checker`)."""
     rec_correct = p.get("correct")
     extracted = p.get("extracted") if isinstance(p.get("extracted"), list) else None
     if isinstance(rec_correct, list):
@@ -297,7 +298,7 @@ def _gold(p: dict) -> tuple[list[bool], list] | None:
     flags, ex = [], []
     for r in p["responses"]:
         try:
-            v = answers.check(r if isinstance(r, str) else join_steps(r), p)
+            v = (check or answers.check)(r if isinstance(r, str) else join_steps(r), p)
         except InputError as e:  # a bad gold answer or mode in the record: name the record
             loc = p["_loc"]
             raise InputError(e.message, loc.path, loc.line, e.field) from None
@@ -330,6 +331,7 @@ def bon_file(
     concurrency: int = 8,
     n_subsets: int = 32,
     no_image: bool = False,
+    checker: str | None = None,
     report: bool = True,
     engine=None,
     orm_engine=None,
@@ -345,6 +347,11 @@ def bon_file(
     if engine is None and (prm is None) == (judge is None):
         raise InputError("give exactly one of --prm and --judge")
     problems = _load_problems(input_path, limit, max_steps, splitter)
+    check = None
+    if checker:
+        from .answers import load_checker
+
+        check = load_checker(checker)
 
     def load(path):
         from .scoring import Scorer
@@ -381,7 +388,7 @@ def bon_file(
         agg = [aggregate_value(s, aggregate) for s in ss]
         best = select_best(agg)
         picks.append({"id": p["id"], "best": best, "response": p["responses"][best], "scores": agg, "step_scores": ss})
-        gold = _gold(p)
+        gold = _gold(p, check)
         if gold is not None:
             flags, extracted = gold
             eval_records.append(

@@ -89,6 +89,7 @@ def _cmd_bon(a: argparse.Namespace) -> int:
         concurrency=a.concurrency,
         n_subsets=a.subsets,
         no_image=a.no_image,
+        checker=a.checker,
     )
 
 
@@ -356,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for random subsets and the random pick")
     p.add_argument("--limit", type=int, default=None, help="only the first N problems")
     p.add_argument("--subsets", type=_positive_int, default=32, help="random subsets per N on the curves (32)")
+    p.add_argument("--checker", default=None, help="your own answer checker: module:function or file.py:function")
     p.add_argument("--no-image", action="store_true", help="score without the images (text-only scorer)")
     p.add_argument("--concurrency", type=_positive_int, default=8, help="judge requests in flight (8)")
     _add_model_options(p)

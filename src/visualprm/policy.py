@@ -370,7 +370,8 @@ class VLLMPolicy:
 
 SPEC_FORMS = (
     "synthetic[:perception=X,reasoning=X,hard=X], hf:PATH, openai:MODEL@URL (e.g. "
-    "openai:Qwen/Qwen2.5-VL-7B-Instruct@http://localhost:8000), vllm:PATH_OR_ID"
+    "openai:Qwen/Qwen2.5-VL-7B-Instruct@http://localhost:8000), vllm:PATH_OR_ID, "
+    "py:MODULE:FACTORY or py:FILE.py:FACTORY (your own policy object)"
 )
 
 
@@ -381,6 +382,8 @@ def parse_policy_spec(spec: str) -> tuple[str, str, str | None]:
         return "synthetic", s.partition(":")[2], None
     kind, _, rest = s.partition(":")
     if kind in ("hf", "vllm") and rest.strip():
+        return kind, rest.strip(), None
+    if kind == "py" and ":" in rest.strip():
         return kind, rest.strip(), None
     if kind == "openai":
         m = re.fullmatch(r"(.+?)@((?:https?://)?[^\s@/]+(?::\d+)?(?:/\S*)?)", rest.strip())
@@ -414,6 +417,13 @@ def load_policy(
         return HFPolicy(model, answer_format, device, dtype, batch_size)
     if kind == "vllm":
         return VLLMPolicy(model, answer_format, engine_kwargs)
+    if kind == "py":  # your own Policy: FACTORY() returns an object with generate(requests) and close()
+        from .schema import load_callable
+
+        policy = load_callable(model, "policy")()
+        if not callable(getattr(policy, "generate", None)):
+            raise InputError(f"{model!r} returned {type(policy).__name__}, which has no generate()", field="policy")
+        return policy
     from .synthetic import parse_synthetic_spec
 
     return parse_synthetic_spec(spec)

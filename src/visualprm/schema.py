@@ -231,6 +231,35 @@ def load_image(path: str, loc: Loc):
         raise loc.error(f"cannot read image {path}: {e.__class__.__name__}: {e}", "images") from None
 
 
+def load_callable(spec: str, what: str):
+    """The function named by `module:function` or `path/to/file.py:function` (users' own splitters, checkers,
+    policies). Anything that cannot be resolved raises `InputError` naming `what` (the option)."""
+    import importlib
+    import importlib.util
+
+    if not isinstance(spec, str) or ":" not in spec:
+        raise InputError(f"{spec!r}: expected module:function or path.py:function", field=what)
+    mod_name, fn_name = spec.rsplit(":", 1)
+    try:
+        if mod_name.endswith(".py"):
+            path = Path(mod_name)
+            if not path.is_file():
+                raise InputError(f"{spec!r}: file not found: {path}", field=what)
+            sp = importlib.util.spec_from_file_location(f"visualprm_user_{what}_{path.stem}", path)
+            module = importlib.util.module_from_spec(sp)
+            sp.loader.exec_module(module)
+        else:
+            module = importlib.import_module(mod_name)
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(f"{spec!r}: cannot import {mod_name}: {type(e).__name__}: {e}", field=what) from None
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise InputError(f"{spec!r}: {mod_name} has no function {fn_name!r}", field=what)
+    return fn
+
+
 def check_image(path: str, loc: Loc) -> None:
     """Check that an image file opens and decodes (cheap enough to run on every record before any work)."""
     load_image(path, loc)

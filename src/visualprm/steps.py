@@ -76,10 +76,9 @@ def split_regex(response: str, pattern: str, max_steps: int = 12) -> list[str]:
 
 def load_splitter(spec: str):
     """A step splitter `(response, max_steps) -> [steps]` from a spec: `blank` (default rule), `markers`
-    (`Step k:` lines), `re:PATTERN` (boundaries), or `module:function` (your own; called as f(text, max_steps))."""
-    import importlib
-
-    from .schema import InputError
+    (`Step k:` lines), `re:PATTERN` (boundaries), or `module:function` / `file.py:function` (your own;
+    called as f(text, max_steps))."""
+    from .schema import InputError, load_callable
 
     if spec in (None, "", "blank"):
         return split_steps
@@ -93,14 +92,7 @@ def load_splitter(spec: str):
             raise InputError(f"bad regular expression {pattern!r}: {e}", field="splitter") from None
         return lambda text, max_steps=12: split_regex(text, pattern, max_steps)
     if ":" in spec:
-        mod, _, fn = spec.partition(":")
-        try:
-            f = getattr(importlib.import_module(mod), fn)
-        except (ImportError, AttributeError) as e:
-            raise InputError(f"cannot load splitter {spec!r}: {e}", field="splitter") from None
-        if not callable(f):
-            raise InputError(f"splitter {spec!r} is not callable", field="splitter")
-        return f
+        return load_callable(spec, "splitter")
     raise InputError(
         f"unknown splitter {spec!r} (expected blank, markers, re:PATTERN or module:function)", field="splitter"
     )
