@@ -19,3 +19,13 @@ def shared_data(sub: str) -> Path:
     if not p.exists():
         pytest.skip(f"{p} is absent (the project's shared data folder is not beside this checkout)")
     return p
+
+
+def pytest_configure(config):
+    # Tiny models are dominated by per-op overhead: one thread is faster than two, and leaves a core to the
+    # servers some tests start.
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(1)
