@@ -141,12 +141,31 @@ def test_label_must_be_one_token():
         label_token_ids(processor, ("++", "-"))
 
 
+ROLE_COLON_TEMPLATE = (  # "Role: reply", as the Idefics3 / SmolVLM / LLaVA-1.5 templates write it
+    "{% for m in messages %}{{ m['role'] }}: {% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
+
+def test_label_merged_with_template_space_is_read_as_its_token():
+    model, processor = build_tiny("qwen2_vl", seed=1)
+    processor.chat_template = ROLE_COLON_TEMPLATE
+    scorer = Scorer(_sharpen(model), processor)
+    assert scorer.label_prefix == " "  # " +" is one token in this vocabulary
+    tok = processor.tokenizer
+    assert [tok.decode([i]) for i in scorer.label_ids] == [" +", " -"]
+    single = scorer.score_steps(ITEMS)
+    assert _maxdiff(single, [scorer.score_per_prefix(it) for it in ITEMS]) < 1e-4
+
+
 def test_merged_label_fails_loudly():
     model, processor = build_tiny("qwen2_vl")
-    # A template that puts a space before the reply makes " +" one pre-token: the label is not its own token.
+    # A template that quotes the reply in bold: the vocabulary has a token ' **"+"**', label and markup in one.
     processor.chat_template = (
-        "{% for m in messages %}{{ m['role'] }}: {% for c in m['content'] %}{% if c['type'] == 'text' %}"
-        "{{ c['text'] }}{% endif %}{% endfor %}\n{% endfor %}"
+        "{% for m in messages %}{{ m['role'] }}: **\"{% for c in m['content'] %}{% if c['type'] == 'text' %}"
+        "{{ c['text'] }}{% endif %}{% endfor %}\"**\n{% endfor %}"
     )
     msgs = prm_messages("q", ["a"], [SENTINEL], 0)
     with pytest.raises(InputError, match="not a token of its own"):

@@ -368,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--arch",
         default="qwen2_vl",
-        choices=("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl", "llava"),
+        choices=("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl", "llava", "idefics3"),
         help="architecture (default qwen2_vl)",
     )
     p.add_argument("--seed", type=int, default=0, help="weight seed")

@@ -175,20 +175,37 @@ def load_model(path: str | os.PathLike, device: str | None = None, dtype: str | 
 # Label tokens and encoding
 
 
-def label_token_ids(processor, labels: tuple[str, ...] = VALUE_LABELS) -> list[int]:
-    """The token id of each label; a label that is not exactly one token raises `InputError`."""
+def label_token_ids(processor, labels: tuple[str, ...] = VALUE_LABELS, prefix: str = "") -> list[int]:
+    """The token id of each label (after `prefix`, see `label_prefix`); a label that is not exactly one token,
+    or an unknown character that encodes as the unknown token, raises `InputError`."""
     tok = get_tokenizer(processor)
     ids = []
     for lab in labels:
-        enc = tok(lab, add_special_tokens=False)["input_ids"]
+        enc = tok(prefix + lab, add_special_tokens=False)["input_ids"]
         if len(enc) != 1:
             raise InputError(
-                f"label {lab!r} is {len(enc)} tokens in this vocabulary (must be exactly one)", field="label"
+                f"label {prefix + lab!r} is {len(enc)} tokens in this vocabulary (must be exactly one)", field="label"
             )
+        if tok.decode(enc) != prefix + lab:
+            got = tok.decode(enc)
+            raise InputError(f"label {lab!r} is not in the vocabulary (it encodes as {got!r})", field="label")
         ids.append(enc[0])
     if len(set(ids)) != len(ids):
         raise InputError(f"labels {labels} share a token id", field="label")
     return ids
+
+
+def label_prefix(processor, system_prompt: bool | str = True) -> str:
+    """The whitespace this model's chat template merges into the label token ("" for most templates; " " for
+    templates that write `Assistant: ` before the reply with a vocabulary that has a " +" token)."""
+    from .steps import prm_messages
+
+    msgs = prm_messages("q", ["a"], [SENTINEL], 0, system_prompt)
+    try:
+        return encode(processor, msgs, [VALUE_LABELS[0]]).label_prefix
+    except InputError:
+        label_token_ids(processor, VALUE_LABELS)  # says so plainly when a label is not in the vocabulary at all
+        raise
 
 
 @dataclass
@@ -197,6 +214,7 @@ class Encoded:
 
     inputs: dict  # input_ids, attention_mask, pixel_values, ... each with a leading batch dimension of 1
     label_positions: list[int]  # index of each label token in input_ids
+    label_prefix: str = ""  # whitespace the chat template puts before a label, merged into its token (" +")
 
     @property
     def length(self) -> int:
@@ -235,18 +253,25 @@ def encode(
     tok = get_tokenizer(processor)
     plain = tok(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, spans = plain["input_ids"], plain["offset_mapping"]
-    starts = {s: i for i, (s, e) in enumerate(spans) if e > s}
-    positions = []
+    ends = {e: i for i, (s, e) in enumerate(spans) if e > s}
+    positions, prefixes = [], []
     for lab, off in zip(labels, char_offsets):
-        i = starts.get(off)
-        if i is None or tuple(spans[i]) != (off, off + len(lab)) or tok.decode([ids[i]]) != lab:
-            got = repr(text[spans[i][0] : spans[i][1]]) if i is not None else "no token starting there"
+        # The label's token must end where the label ends and hold nothing but the label, or the label after
+        # whitespace that the template put before it (" +" is one token in many BPE vocabularies).
+        i = ends.get(off + len(lab))
+        dec = tok.decode([ids[i]]) if i is not None else ""
+        prefix = dec[: len(dec) - len(lab)]
+        if i is None or spans[i][0] > off or not dec.endswith(lab) or prefix.strip():
+            got = repr(text[spans[i][0] : spans[i][1]]) if i is not None else "no token ending there"
             raise InputError(
                 f"label {lab!r} at character {off} is not a token of its own (the tokenizer gives {got}); "
                 "this tokenizer merges the label with its neighbours",
                 field="label",
             )
         positions.append(i)
+        prefixes.append(prefix)
+    if len(set(prefixes)) > 1:
+        raise InputError(f"labels are merged with different whitespace {sorted(set(prefixes))}", field="label")
     if images and is_multimodal(processor):
         inputs = processor(text=[text], images=[images], add_special_tokens=False, return_tensors="pt")
     else:
@@ -263,7 +288,7 @@ def encode(
     if max_length is not None and len(full) > max_length:
         raise InputError(f"sequence of {len(full)} tokens is longer than max_length {max_length}", field="max_length")
     inputs.pop("offset_mapping", None)
-    return Encoded(inputs=inputs, label_positions=positions)
+    return Encoded(inputs=inputs, label_positions=positions, label_prefix=prefixes[0] if prefixes else "")
 
 
 def collate(encoded: list[Encoded], pad_token_id: int, padding_side: str = "right") -> tuple[dict, list[list[int]]]:
@@ -298,6 +323,18 @@ def collate(encoded: list[Encoded], pad_token_id: int, padding_side: str = "righ
                     v = torch.zeros((1, e.length, *present[0].shape[2:]), dtype=present[0].dtype)
                 pad_t = torch.full((1, lmax - e.length, *v.shape[2:]), fill, dtype=v.dtype)
                 rows.append(torch.cat([v, pad_t] if padding_side == "right" else [pad_t, v], dim=1))
+            batch[k] = torch.cat(rows, dim=0)
+        elif k == "pixel_attention_mask" or present[0].dim() == 5:
+            # Per-item image stacks [1, n_images, ...] (Idefics3): pad to the most images with all-zero images,
+            # which the model drops, and give text-only items zeros too.
+            n_max = max(v.shape[1] for v in present)
+            rows = []
+            for v in vals:
+                shape = (1, n_max, *present[0].shape[2:])
+                row = torch.zeros(shape, dtype=present[0].dtype)
+                if v is not None:
+                    row[:, : v.shape[1]] = v
+                rows.append(row)
             batch[k] = torch.cat(rows, dim=0)
         else:
             batch[k] = torch.cat(present, dim=0)

@@ -63,16 +63,17 @@ class Scorer:
         share_prefix: bool = True,
         max_batch_tokens: int | None = None,
     ):
-        from .model import label_token_ids
+        from .model import label_prefix, label_token_ids
 
         if label_mode not in ("value", "advantage"):
             raise InputError(f"unknown label mode {label_mode!r} (expected value or advantage)", field="label_mode")
         self.model, self.processor = model, processor
         self.label_mode = label_mode
         self.labels = VALUE_LABELS if label_mode == "value" else ADVANTAGE_LABELS
-        self.label_ids = label_token_ids(processor, self.labels)
-        self.placeholder = self.labels[0]
         self.system_prompt = system_prompt
+        self.label_prefix = label_prefix(processor, system_prompt)  # " " where the template merges it, else ""
+        self.label_ids = label_token_ids(processor, self.labels, self.label_prefix)
+        self.placeholder = self.labels[0]
         self.batch_size = batch_size
         self.max_length = max_length
         self.padding_side = padding_side
@@ -116,7 +117,10 @@ class Scorer:
             raise InputError("this model is text-only but the record has images", field="images")
         n = len(item["steps"])
         msgs = self.messages(item, [SENTINEL] * n)
-        return encode(self.processor, msgs, [self.placeholder] * n, item.get("images") or None, self.max_length)
+        enc = encode(self.processor, msgs, [self.placeholder] * n, item.get("images") or None, self.max_length)
+        if enc.label_prefix != self.label_prefix:
+            raise InputError(f"label token {enc.label_prefix + self.placeholder!r} differs from the probe's", "label")
+        return enc
 
     # -- forward -------------------------------------------------------------------------------------------
 
@@ -205,6 +209,8 @@ class Scorer:
             msgs = msgs[:-1]  # the last assistant turn becomes the generation prompt
             text = self.processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
             text = text.replace(SENTINEL, self.placeholder)
+            if self.label_prefix and text.endswith(self.label_prefix):
+                text = text[: -len(self.label_prefix)]  # the label's own token carries this whitespace
             if n_images:
                 inputs = self.processor(
                     text=[text], images=[item["images"]], add_special_tokens=False, return_tensors="pt"

@@ -35,7 +35,7 @@ from .model import Encoded
 log = logging.getLogger(__name__)
 
 # Model types whose shared path tests/test_sharing.py checks against the plain path (text-only ones included).
-VERIFIED = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl", "llava", "qwen2", "llama")
+VERIFIED = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl", "llava", "idefics3", "qwen2", "llama")
 _WARNED: set[str] = set()
 _PER_TOKEN = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
 
@@ -106,7 +106,7 @@ class _OnceImages:
         key = (_image_key(images), repr(args), repr(sorted(kwargs.items(), key=lambda kv: kv[0])))
         if key not in self._memo:
             self._memo[key] = self._inner(images, *args, **kwargs)
-        return self._memo[key]
+        return copy.copy(self._memo[key])  # a fresh dict each time: some processors pop keys from it (Idefics3)
 
 
 def _image_key(images) -> tuple:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .steps import PRM_SYSTEM_PROMPT
 
-ARCHS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl", "llava")
+ARCHS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl", "llava", "idefics3")
 
 # Chat templates after the real models' (content lists with image items; plain-string content allowed too).
 _QWEN_TEMPLATE = (
@@ -52,11 +52,24 @@ _LLAVA_TEMPLATE = (
     "{% if add_generation_prompt %}ASSISTANT:\n{% endif %}"
 )
 
+# Idefics3 / SmolVLM: "User: ... Assistant: +", so " +" is the label token (see model.label_prefix).
+_IDEFICS3_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{% if message['content'] is string %}: {{ message['content'] }}"
+    "{% else %}{% if message['content'][0]['type'] == 'image' %}:{% else %}: {% endif %}"
+    "{% for c in message['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}"
+    "{% elif c['type'] == 'image' %}<image>{% endif %}{% endfor %}{% endif %}"
+    "{% if not (continue_final_message and loop.last) %}<end_of_utterance>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
 _SPECIALS = {
     "qwen": ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>"]
     + ["<|image_pad|>", "<|video_pad|>"],
     "internvl": ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"],
     "llava": ["<unk>", "<s>", "</s>", "<image>", "<pad>"],
+    "idefics3": ["<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>", "<image>"]
+    + ["<global-img>"],
 }
 
 _CORPUS = [
@@ -116,6 +129,8 @@ def _fast_tokenizer(family: str, chat_template: str):
                 "video_token": "<video>",
             },
         )
+    elif family == "idefics3":
+        kw = dict(eos_token="<end_of_utterance>", pad_token="<|endoftext|>", bos_token="<|im_start|>")
     else:
         kw = dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
         kw["extra_special_tokens"] = {"image_token": "<image>"}
@@ -235,6 +250,40 @@ def build_tiny(arch: str = "qwen2_vl", seed: int = 0, image_size: int = 56):
         proc_cls = image_only_processor_class("internvl")
         processor = proc_cls(
             image_processor=image_processor, tokenizer=tok, image_seq_length=seq, chat_template=_INTERNVL_TEMPLATE
+        )
+    elif arch == "idefics3":
+        tok = _fast_tokenizer("idefics3", _IDEFICS3_TEMPLATE)
+        patch = 14
+        side = max(28, (image_size // 28) * 28)
+        vision = dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=side,
+            patch_size=patch,
+        )
+        text = _text_config(
+            len(tok),
+            pad_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
+            bos_token_id=tok.convert_tokens_to_ids("<|im_start|>"),
+            eos_token_id=tok.convert_tokens_to_ids("<end_of_utterance>"),
+        )
+        config = tf.Idefics3Config(
+            text_config={"model_type": "llama", **text},
+            vision_config=vision,
+            image_token_id=tok.convert_tokens_to_ids("<image>"),
+            scale_factor=2,
+        )
+        model = tf.Idefics3ForConditionalGeneration(config)
+        image_processor = tf.Idefics3ImageProcessorPil(
+            do_image_splitting=False, size={"longest_edge": side}, max_image_size={"longest_edge": side}
+        )
+        processor = tf.Idefics3Processor(
+            image_processor=image_processor,
+            tokenizer=tok,
+            image_seq_len=(side // patch) ** 2 // 4,
+            chat_template=_IDEFICS3_TEMPLATE,
         )
     else:  # llava
         tok = _fast_tokenizer("llava", _LLAVA_TEMPLATE)

@@ -357,18 +357,15 @@ def train(cfg: TrainConfig) -> dict:
     import torch
     import transformers as tf
 
-    from .model import label_token_ids, load_model, load_processor, save_processor
+    from .model import label_prefix, label_token_ids, load_model, load_processor, save_processor
 
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
     tf.set_seed(cfg.seed)
     processor = load_processor(cfg.model)
     tok = get_tokenizer(processor)
-    try:
-        ids = label_token_ids(processor, labels)
-        for lab, i in zip(labels, ids):  # an unknown character can encode as the one <unk> token
-            if tok.decode([i]) != lab:
-                raise InputError(f"label {lab!r} is not in the vocabulary (it encodes as {tok.decode([i])!r})")
+    try:  # label_token_ids also refuses an unknown character that encodes as the one <unk> token
+        ids = label_token_ids(processor, labels, label_prefix(processor, system_prompt))
     except InputError as e:
         raise InputError(f"{e.message} (model {cfg.model})", cfg.data, field="label") from None
     label_ids = dict(zip(labels, ids))
