@@ -334,6 +334,8 @@ def start_server(args, prm: str | None, root: Path, max_batch_size: int, log: Pa
         cmd = [sys.executable, "-m", "visualprm", "serve", "--prm", prm, *opts]
         if args.torch_threads:
             cmd += ["--torch-threads", str(args.torch_threads)]
+        if args.share_prefix:
+            cmd += ["--share-prefix"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -413,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fake-delay-ms", type=float, default=20.0, help="--fake: ms per call of n solutions * n^0.3")
     ap.add_argument("--prm", default=None, help="PRM folder (default: a tiny random-weight qwen2_vl built here)")
     ap.add_argument("--torch-threads", type=int, default=1, help="servers' --torch-threads (1; 0: default)")
+    ap.add_argument("--share-prefix", action="store_true", help="servers' --share-prefix (tiny model only)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args(argv)

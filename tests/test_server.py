@@ -530,6 +530,13 @@ def test_service_equals_scorer_and_score_command(tmp_path):
     diff = max(abs(x - round(y, 6)) for g1, a1 in zip(got, alone) for x, y in zip(g1[0]["step_scores"], a1))
     assert diff <= 2e-6
 
+    # --share-prefix: one request's solutions run as one prefix-shared group: equal up to float noise.
+    shared_app = build_app(scorer, image_root=str(tmp_path), max_batch_size=8, share_prefix=True)
+    with TestClient(shared_app) as tc:
+        shared = Client(http=tc).score(question, solutions, image_paths=["img/a.png"])
+    diff = max(abs(x - y) for s1, w1 in zip(shared, want) for x, y in zip(s1["step_scores"], w1["step_scores"]))
+    assert diff <= 2e-6 and [len(s1["step_scores"]) for s1 in shared] == [len(w1["step_scores"]) for w1 in want]
+
 
 def test_serve_command_checks_options_before_loading_the_model(tmp_path, capsys):
     from visualprm.cli import main

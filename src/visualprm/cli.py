@@ -154,6 +154,7 @@ def _cmd_serve(a: argparse.Namespace) -> int:
         allow_remote_images=a.allow_remote_images,
         max_batch_size=a.max_batch_size,
         max_wait_ms=a.max_wait_ms,
+        share_prefix=a.share_prefix,
         max_queue=a.max_queue,
         max_body_bytes=int(a.max_body_mb * 2**20),
         max_images=a.max_images,
@@ -317,6 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs (public hosts only)")
     p.add_argument("--max-batch-size", type=_positive_int, default=16, help="solutions per forward pass (16)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="wait for more requests to fill a batch (5)")
+    p.add_argument(
+        "--share-prefix",
+        action="store_true",
+        help="score a request's solutions as one prefix-shared group (faster; equal to ~1e-7, not bit for bit)",
+    )
     p.add_argument("--max-queue", type=_positive_int, default=4096, help="waiting solutions before 503 (4096)")
     p.add_argument("--max-body-mb", type=float, default=20.0, help="request body limit in MiB (20)")
     p.add_argument("--max-images", type=int, default=8, help="images per request (8)")

@@ -195,6 +195,23 @@ class Scorer:
 
         return score_groups(self, groups)
 
+    def score_steps_grouped(self, items: list[dict]) -> list[list[float]]:
+        """`score_steps`, but items that share their question and image objects (one problem's candidates, as
+        a server request brings them) run as one prefix-shared group (`score_groups`)."""
+        keys: dict[tuple, int] = {}
+        groups: list[dict] = []
+        where = []
+        for it in items:
+            key = (it["question"], tuple(id(im) for im in it.get("images") or []))
+            if key not in keys:
+                keys[key] = len(groups)
+                groups.append({"question": it["question"], "images": it.get("images") or [], "solutions": []})
+            g = keys[key]
+            where.append((g, len(groups[g]["solutions"])))
+            groups[g]["solutions"].append(it["steps"])
+        scored = self.score_groups(groups)
+        return [scored[g][k] for g, k in where]
+
     def score_per_prefix(self, item: dict) -> list[float]:
         """Reference: one forward pass per step prefix, next-token label distribution after the prompt."""
         import torch

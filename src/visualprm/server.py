@@ -68,6 +68,7 @@ class ServeOptions:
     allow_remote_images: bool = False  # fetch http(s) URLs given in `images`
     remote_timeout_s: float = 5.0  # whole download of one remote image
     api_key: str | None = None  # when set, /v1/* and /metrics need `Authorization: Bearer KEY`
+    share_prefix: bool = False  # one request's solutions as a prefix-shared group (equal to ~1e-7, not bit-exact)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -262,7 +263,9 @@ class Batcher:
     async def _call(self, items: list[dict]) -> list[list[float]]:
         t0 = time.perf_counter()
         try:
-            scores = await self.loop.run_in_executor(self.executor, self.scorer.score_steps, items)
+            grouped = getattr(self.scorer, "score_steps_grouped", None) if self.opts.share_prefix else None
+            fn = grouped or self.scorer.score_steps
+            scores = await self.loop.run_in_executor(self.executor, fn, items)
         finally:
             self.metrics.model_seconds += time.perf_counter() - t0
         if len(scores) != len(items) or any(len(s) != len(it["steps"]) for s, it in zip(scores, items)):
