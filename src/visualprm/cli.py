@@ -490,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # Hugging Face's save/load bars; ours say more
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
