@@ -332,6 +332,8 @@ def bon_file(
     n_subsets: int = 32,
     no_image: bool = False,
     checker: str | None = None,
+    share_prefix: bool = True,
+    max_batch_tokens: int | None = None,
     report: bool = True,
     engine=None,
     orm_engine=None,
@@ -364,6 +366,8 @@ def bon_file(
             batch_size=batch_size,
             max_length=max_length,
             label_mode=label_mode,
+            share_prefix=share_prefix,
+            max_batch_tokens=max_batch_tokens,
         )
 
     if engine is None:

@@ -91,6 +91,8 @@ def _cmd_bon(a: argparse.Namespace) -> int:
         n_subsets=a.subsets,
         no_image=a.no_image,
         checker=a.checker,
+        share_prefix=not a.no_share_prefix,
+        max_batch_tokens=a.max_batch_tokens,
     )
 
 
@@ -286,6 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="only the first N problems")
     p.add_argument("--subsets", type=_positive_int, default=32, help="random subsets per N on the curves (32)")
     p.add_argument("--checker", default=None, help="your own answer checker: module:function or file.py:function")
+    p.add_argument(
+        "--no-share-prefix", action="store_true", help="score every candidate in full (no prefix-shared groups)"
+    )
+    p.add_argument(
+        "--max-batch-tokens", type=_positive_int, default=None, help="prefix sharing: rows x tokens per batch bound"
+    )
     p.add_argument("--no-image", action="store_true", help="score without the images (text-only scorer)")
     p.add_argument("--concurrency", type=_positive_int, default=8, help="judge requests in flight (8)")
     _add_model_options(p)
