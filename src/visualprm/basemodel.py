@@ -1,0 +1,531 @@
+"""A small vision-language model that already sees the synthetic domain (`visualprm make-base-model`).
+
+The demo fine-tunes a PRM the way VisualPRM does, from a base model that can already read its images. A
+Qwen2-VL model trained from scratch on `+`/`-` step labels alone never learns to see (binary labels are too weak a
+signal), so the project ships a base model pre-trained here on dense signals about generated images of the
+synthetic task (synthetic.py), and rebuilds it with one seeded command.
+
+Architecture: a real `Qwen2VLForConditionalGeneration` (text: hidden 128, 4 layers, 4 heads, 2 KV heads; vision:
+dim 128, depth 4, patch 14, 2x2 merge), 112 x 112 images -> 16 image tokens, about 2.0M parameters, with a
+byte-level BPE tokenizer (1,024 tokens) trained here on the domain's texts and Qwen2's special tokens and chat
+template. Saved in float16 (about 4 MB) with `dtype: float32` in its config, so it loads as float32.
+
+Pre-training (next-token loss on the answer tokens only, one image per sequence in the model's chat template,
+several question/answer turns per image, images rendered from `synthetic.sample_problem` scenes):
+
+- counting and reading: "How many red shapes are there?" -> "3", "How many shapes are there in total?" -> "7",
+  "What is the value of the blue bar?" -> "4" (zero counts included);
+- yes/no questions about the image, phrased as the task's claims, half of them false with the near misses the
+  scripted policy makes: "True or false: There are 3 red shapes." -> "false";
+- descriptions (`synthetic.describe_scene`): "Describe the image." -> "2 red shapes, 1 blue shape. 3 shapes in
+  total.";
+- arithmetic in the task's range, as text turns: "What is 3 + 4?" -> "7", "True or false: 4 × 3 = 11." ->
+  "false".
+
+Each sequence asks about distinct quantities, so no answer can be copied from an earlier turn. It never sees a
+PRM conversation, a solution or a `+`/`-` label: turning it into a PRM is the demo's fine-tuning. Everything is
+drawn from the seed (data: one random stream per step; weights: `torch.manual_seed`), so a run on CPU with the
+same seed, steps and batch size gives the same model. `evaluate_perception` measures, on images from a separate
+stream, the exact-answer accuracy of each kind of question (greedy, teacher-forced).
+
+This module does not train PRMs (train.py) and downloads nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+from .schema import InputError
+from .synthetic import COLORS, GRID, MAX_BAR, describe_scene, render_scene, sample_problem, scene_values, see_text
+
+# Architecture (flat constants; `build_base` takes them as arguments)
+HIDDEN, LAYERS, HEADS, KV_HEADS, FFN = 128, 4, 4, 2, 512
+VISION_DIM, VISION_DEPTH, VISION_HEADS, PATCH = 128, 4, 4, 14
+IMAGE_SIZE, RENDER_SIZE, VOCAB = 84, 112, 1024
+INFO_FILE = "base_model.json"  # how the shipped model was built, and its measured perception
+
+QUESTION_COUNT = "How many {} shapes are there?"
+QUESTION_TOTAL = "How many shapes are there in total?"
+QUESTION_BAR = "What is the value of the {} bar?"
+QUESTION_CLAIM = "True or false: {}"
+QUESTION_DESCRIBE = "Describe the image."
+QUESTION_LAYOUT_SHAPES = "Describe the grid row by row."
+QUESTION_LAYOUT_BARS = "Describe the bars from left to right."
+QUESTION_INVENTORY_SHAPES = "Count the shapes: {}."
+QUESTION_INVENTORY_BARS = "Read the bars: {}."
+QUESTION_ARITH = "What is {} {} {}?"
+
+
+def shipped_path() -> Path:
+    """The base model shipped inside the package (`src/visualprm/assets/base-model`)."""
+    return Path(__file__).parent / "assets" / "base-model"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tokenizer and model
+
+
+def _corpus() -> list[str]:
+    """Texts of the domain: the task's questions and steps, the pre-training questions, the PRM prompt."""
+    from .policy import ANSWER_FORMATS
+    from .steps import PRM_SYSTEM_PROMPT
+    from .synthetic import _QUESTIONS, BARS_PREAMBLE
+    from .tiny import _CORPUS
+
+    rng = random.Random("base-model-corpus")
+    out = [
+        PRM_SYSTEM_PROMPT,
+        ANSWER_FORMATS["final-answer"],
+        BARS_PREAMBLE,
+        QUESTION_TOTAL,
+        QUESTION_DESCRIBE,
+        QUESTION_INVENTORY_SHAPES.format("red, blue, green, yellow, total"),
+        QUESTION_INVENTORY_BARS.format("red, blue, green"),
+        "You are a helpful assistant.",
+    ]
+    out += list(_CORPUS)
+    colors = list(COLORS)
+    for (_, _), q in _QUESTIONS.items():
+        for _ in range(3):
+            a, b, c = rng.sample(colors, 3)
+            out.append(q.format(a, b, c, c=rng.randint(2, 4)))
+    for c in colors:
+        out += [QUESTION_COUNT.format(c), QUESTION_BAR.format(c)]
+        for n in range(0, 10):
+            out += [see_text("shapes", c, n), see_text("bars", c, n), QUESTION_CLAIM.format(see_text("shapes", c, n))]
+    for n in range(0, 10):
+        out.append(see_text("shapes", "total", n))
+    for _ in range(200):
+        p = sample_problem(rng)
+        out += [describe_scene(p["scene"]), *inventory(p["scene"], rng)]
+    for sym in "+-×":
+        for _ in range(20):
+            x, y = rng.randint(0, 9), rng.randint(0, 9)
+            out += [f"{x} {sym} {y} = {x + y}.", QUESTION_ARITH.format(x, sym, y)]
+    out += ["Final answer: 12", "true", "false", "yes", "no", "### Question:\n", "\n\n### Solution Process:\n"]
+    return out
+
+
+def build_tokenizer(vocab_size: int = VOCAB):
+    """A byte-level BPE tokenizer trained on the domain's texts, with Qwen2's special tokens and chat template."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from .tiny import _QWEN_TEMPLATE, _SPECIALS
+
+    tok = Tokenizer(models.BPE())
+    # Qwen2's pre-tokenizer pattern: single digits, punctuation runs apart from letters (so `+` and `-` in an
+    # assistant turn are tokens of their own, as model.encode requires).
+    pattern = (
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+        r"|\s+(?!\S)|\s+"
+    )
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=_SPECIALS["qwen"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus() * 2, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, chat_template=_QWEN_TEMPLATE, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
+
+
+def build_base(
+    seed: int = 0,
+    image_size: int = IMAGE_SIZE,
+    hidden: int = HIDDEN,
+    layers: int = LAYERS,
+    vision_dim: int = VISION_DIM,
+    vision_depth: int = VISION_DEPTH,
+):
+    """`(model, processor)`: a randomly initialised Qwen2-VL of the base model's shape (weights from `seed`)."""
+    import torch
+    import transformers as tf
+
+    from .model import image_only_processor_class
+    from .tiny import _QWEN_TEMPLATE
+
+    if image_size % (2 * PATCH):
+        raise InputError(f"image size must be a multiple of {2 * PATCH}, got {image_size}", field="image_size")
+    tok = build_tokenizer()
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_end|>")}
+    ids.update({t: tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>")})
+    ids.update({t: tok.convert_tokens_to_ids(t) for t in ("<|vision_start|>", "<|vision_end|>")})
+    pixels = image_size * image_size
+    image_processor = tf.Qwen2VLImageProcessorPil(
+        size={"shortest_edge": pixels, "longest_edge": pixels}, patch_size=PATCH, merge_size=2
+    )
+    half = hidden // HEADS // 2  # M-RoPE sections (temporal, height, width) must add up to head_dim / 2
+    rope = {"rope_type": "default", "mrope_section": [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]}
+    rope["rope_theta"] = 10000.0
+    text = dict(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        max_position_embeddings=4096,
+        rope_parameters=rope,
+        pad_token_id=ids["<|endoftext|>"],
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        tie_word_embeddings=True,
+    )
+    vision = dict(
+        depth=vision_depth,
+        embed_dim=vision_dim,
+        hidden_size=hidden,
+        num_heads=VISION_HEADS,
+        patch_size=PATCH,
+        mlp_ratio=2,
+        spatial_merge_size=2,
+    )
+    config = tf.Qwen2VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = tf.Qwen2VLForConditionalGeneration(config)
+    processor = image_only_processor_class("qwen2_vl")(
+        image_processor=image_processor, tokenizer=tok, chat_template=_QWEN_TEMPLATE
+    )
+    return model, processor
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pre-training data
+
+
+def _near_miss(v: int, lo: int, hi: int, rng: random.Random) -> int:
+    """A wrong value close to v (the misreads the scripted policy makes)."""
+    cands = [w for w in (v - 2, v - 1, v + 1, v + 2) if lo <= w <= hi]
+    weights = [1 if abs(w - v) == 2 else 3 for w in cands]
+    return rng.choices(cands, weights)[0]
+
+
+def _arith_turn(rng: random.Random) -> tuple[str, str]:
+    sym = rng.choice("++-×")
+    if sym == "×":
+        x, y = rng.randint(0, 9), rng.randint(2, 4)
+    else:
+        x, y = rng.randint(0, 12), rng.randint(0, 9)
+        if sym == "-" and y > x:
+            x, y = y, x
+    z = x + y if sym == "+" else x - y if sym == "-" else x * y
+    if rng.random() < 0.5:
+        return QUESTION_ARITH.format(x, sym, y), str(z)
+    claim = z if rng.random() < 0.5 else z + rng.choice((-2, -1, 1, 1, 2))
+    return QUESTION_CLAIM.format(f"{x} {sym} {y} = {claim}."), "true" if claim == z else "false"
+
+
+def inventory(scene: dict, rng: random.Random) -> tuple[str, str]:
+    """Every quantity of an image at once, in an order the question gives, each number right after its name:
+    "Count the shapes: yellow, red, total, blue, green." -> "yellow 0, red 2, total 5, blue 1, green 3" (or the
+    bars: "Read the bars: blue, red, green." -> "blue 3, red 5, green 1"). A random order makes the model look up
+    each name; a fixed one would let it answer by position."""
+    values = scene_values(scene)
+    keys = list(values)
+    rng.shuffle(keys)
+    q = QUESTION_INVENTORY_SHAPES if scene["kind"] == "shapes" else QUESTION_INVENTORY_BARS
+    return q.format(", ".join(keys)), ", ".join(f"{k} {values[k]}" for k in keys)
+
+
+def layout(scene: dict) -> tuple[str, str]:
+    """Where everything is: the 3x3 grid row by row ("top: red circle, nothing, blue square. middle: ...") or
+    the bars left to right ("green 3, red 5, blue 1"). It ties the colour words to what they look like."""
+    if scene["kind"] == "bars":
+        return QUESTION_LAYOUT_BARS, ", ".join(f"{b['color']} {b['value']}" for b in scene["bars"])
+    cells = {(o["row"], o["col"]): f"{o['color']} {o['shape']}" for o in scene["objects"]}
+    rows = [
+        f"{name}: " + ", ".join(cells.get((r, c), "nothing") for c in range(GRID))
+        for r, name in enumerate(("top", "middle", "bottom"))
+    ]
+    return QUESTION_LAYOUT_SHAPES, ". ".join(rows) + "."
+
+
+def _claim(kind: str, key: str, v: int, p_true: float, rng: random.Random) -> tuple[str, bool]:
+    """A claim about one quantity in the task's own words, true with probability p_true (else a near miss)."""
+    lo, hi = (1, MAX_BAR) if kind == "bars" else (0, 9)
+    claim = v if rng.random() < p_true else _near_miss(v, lo, hi, rng)
+    return see_text(kind, key, claim), claim == v
+
+
+def scene_turns(scene: dict, rng: random.Random) -> list[tuple[str, str]]:
+    """(question, answer) turns about one image, then one or two arithmetic turns. Either the inventory of every
+    quantity, or 1-4 turns each about quantities not asked before (so no answer can be copied from an earlier
+    turn): a count question, a true-or-false claim, or two claims that are true together only if both are."""
+    kind, values = scene["kind"], scene_values(scene)
+    turns: list[tuple[str, str]] = []
+    r = rng.random()
+    if r < 0.25:
+        turns.append(layout(scene))
+    elif r < 0.5:
+        turns.append(inventory(scene, rng))
+    else:
+        keys = list(values)
+        rng.shuffle(keys)
+        while keys and len(turns) < 4:
+            r = rng.random()
+            if r < 0.25:
+                key = keys.pop()
+                if kind == "bars":
+                    q = QUESTION_BAR.format(key)
+                else:
+                    q = QUESTION_TOTAL if key == "total" else QUESTION_COUNT.format(key)
+                turns.append((q, str(values[key])))
+            elif r < 0.8 or len(keys) < 2:
+                text, ok = _claim(kind, (key := keys.pop()), values[key], 0.5, rng)
+                turns.append((QUESTION_CLAIM.format(text), "true" if ok else "false"))
+            else:
+                (t1, ok1), (t2, ok2) = (_claim(kind, (k := keys.pop()), values[k], 0.7, rng) for _ in range(2))
+                turns.append((QUESTION_CLAIM.format(f"{t1} {t2}"), "true" if ok1 and ok2 else "false"))
+            if rng.random() < 0.3:
+                break
+    for _ in range(1 + (rng.random() < 0.5)):
+        turns.append(_arith_turn(rng))
+    return turns
+
+
+def pretrain_example(rng: random.Random, image_size: int = RENDER_SIZE) -> tuple:
+    """(image, turns) of one pre-training sequence, with a scene drawn as the synthetic task draws them."""
+    scene = sample_problem(rng)["scene"]
+    return render_scene(scene, image_size), scene_turns(scene, rng)
+
+
+def encode_turns(processor, image, turns: list[tuple[str, str]]):
+    """Encode one sequence; returns (model.Encoded whose label_positions are every answer token and the
+    end-of-turn token after it)."""
+    from .model import SENTINEL, Encoded, render_with_labels
+
+    messages = []
+    for i, (q, _) in enumerate(turns):
+        content = ([{"type": "image"}] if i == 0 else []) + [{"type": "text", "text": q}]
+        messages += [{"role": "user", "content": content}, {"role": "assistant", "content": SENTINEL}]
+    answers = [a for _, a in turns]
+    text, offsets = render_with_labels(processor, messages, answers)
+    tok = processor.tokenizer
+    plain = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    spans = plain["offset_mapping"]
+    positions = []
+    for a, off in zip(answers, offsets):
+        idx = [i for i, (s, e) in enumerate(spans) if s >= off and e <= off + len(a) and e > s]
+        if not idx or spans[idx[0]][0] != off or spans[idx[-1]][1] != off + len(a):
+            raise ValueError(f"answer {a!r} does not start and end on token boundaries")
+        positions += idx + [idx[-1] + 1]  # the answer and <|im_end|>
+    inputs = dict(processor(text=[text], images=[[image]], add_special_tokens=False, return_tensors="pt"))
+    shift = inputs["input_ids"].shape[1] - len(plain["input_ids"])
+    positions = [p + shift for p in positions]
+    if inputs["input_ids"][0, positions].tolist() != [plain["input_ids"][p - shift] for p in positions]:
+        raise ValueError("the processor's tokens disagree with the tokenizer's after the image")
+    return Encoded(inputs=inputs, label_positions=positions)
+
+
+def answer_loss(model, batch: dict, positions: list[list[int]]):
+    """(mean cross-entropy over answer tokens, number correct, number of tokens); logits read one position before."""
+    import torch
+
+    out = model.model(**batch, use_cache=False).last_hidden_state
+    b = torch.tensor([i for i, ps in enumerate(positions) for _ in ps])
+    t = torch.tensor([p for ps in positions for p in ps])
+    logits = model.lm_head(out[b, t - 1])
+    target = batch["input_ids"][b, t]
+    loss = torch.nn.functional.cross_entropy(logits.float(), target)
+    return loss, int((logits.argmax(-1) == target).sum()), len(t)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Perception measurement
+
+
+def evaluate_perception(model, processor, n: int = 300, seed: int = 0, image_size: int = RENDER_SIZE) -> dict:
+    """Exact-answer accuracy (teacher-forced greedy) on `n` held-out images per question kind: shape counts
+    (every colour, zeros included, and the total), bar values, true/false claims, arithmetic."""
+    import torch
+
+    from .model import collate
+
+    rng = random.Random(f"base-model-eval:{seed}")
+    groups: dict[str, list] = {"count": [], "total": [], "bar": [], "claim": [], "arith": []}
+    for _ in range(n):
+        scene = sample_problem(rng)["scene"]
+        image, values = render_scene(scene, image_size), scene_values(scene)
+        if scene["kind"] == "shapes":
+            c = rng.choice(list(COLORS))
+            groups["count"].append((image, [(QUESTION_COUNT.format(c), str(values[c]))]))
+            groups["total"].append((image, [(QUESTION_TOTAL, str(values["total"]))]))
+        else:
+            c = rng.choice(list(values))
+            groups["bar"].append((image, [(QUESTION_BAR.format(c), str(values[c]))]))
+        key = rng.choice(list(values))
+        v = values[key]
+        lo, hi = (1, MAX_BAR) if scene["kind"] == "bars" else (0, 9)
+        claim = v if rng.random() < 0.5 else _near_miss(v, lo, hi, rng)
+        q = QUESTION_CLAIM.format(see_text(scene["kind"], key, claim))
+        groups["claim"].append((image, [(q, "true" if claim == v else "false")]))
+        groups["arith"].append((image, [_arith_turn(rng)]))
+    pad = processor.tokenizer.pad_token_id
+    was_training = model.training
+    model.eval()
+    out = {}
+    with torch.inference_mode():
+        for name, items in groups.items():
+            right = 0
+            for i in range(0, len(items), 32):
+                enc = [encode_turns(processor, im, t) for im, t in items[i : i + 32]]
+                batch, _ = collate(enc, pad)
+                hidden = model.model(**batch, use_cache=False).last_hidden_state
+                for j, e in enumerate(enc):
+                    ps = torch.tensor(e.label_positions[:-1])  # the answer tokens, not <|im_end|>
+                    pred = model.lm_head(hidden[j, ps - 1]).argmax(-1)
+                    right += bool((pred == batch["input_ids"][j, ps]).all())
+            out[name] = round(right / max(1, len(items)), 4)
+            out[f"{name}_n"] = len(items)
+    model.train(was_training)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The job
+
+
+def make_base_model(
+    out: str | os.PathLike,
+    seed: int = 0,
+    steps: int = 1000,
+    batch_size: int = 32,
+    lr: float = 2e-3,
+    warmup: int = 100,
+    minutes: float | None = None,
+    device: str | None = None,
+    threads: int = 1,
+    eval_images: int = 300,
+    log_every: int = 50,
+    checkpoint_every: int = 0,
+) -> dict:
+    """Pre-train the base model and save it (float16 weights) with its tokenizer, processor and INFO_FILE."""
+    import torch
+
+    from .model import collate
+
+    if steps < 1 or batch_size < 1:
+        raise InputError("--steps and --batch-size must be >= 1", field="steps")
+    if threads:
+        torch.set_num_threads(threads)
+    t0 = time.time()
+    model, processor = build_base(seed)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(dev).train()
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"base model: Qwen2-VL, {n_params / 1e6:.2f}M parameters, {steps} steps x {batch_size}", file=sys.stderr)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98)
+    )
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        frac = (step - warmup) / max(1, steps - warmup)
+        return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    pad = processor.tokenizer.pad_token_id
+    log, run_loss, run_right, run_n, done = [], 0.0, 0, 0, 0
+    for step in range(steps):
+        if minutes is not None and time.time() - t0 > 60 * minutes:
+            print(f"stopping at step {step}: --minutes {minutes} reached", file=sys.stderr)
+            break
+        rng = random.Random(f"base-model:{seed}:{step}")
+        enc = [encode_turns(processor, *pretrain_example(rng)) for _ in range(batch_size)]
+        batch, positions = collate(enc, pad)
+        batch = {k: v.to(dev) for k, v in batch.items()}
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        loss, right, n = answer_loss(model, batch, positions)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        run_loss, run_right, run_n, done = run_loss + float(loss), run_right + right, run_n + n, step + 1
+        if done % log_every == 0 or done == steps:
+            k = (done - 1) % log_every + 1
+            row = {"step": done, "loss": round(run_loss / k, 4), "token_acc": round(run_right / run_n, 4)}
+            row["seconds"] = round(time.time() - t0, 1)
+            log.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+            run_loss, run_right, run_n = 0.0, 0, 0
+        if checkpoint_every and done % checkpoint_every == 0 and done < steps:
+            _save(model, processor, Path(f"{out}.partial"))  # to look at while training goes on
+    train_seconds = time.time() - t0
+    out = Path(out)
+    _save(model, processor, out)
+    reloaded = load_base(out)
+    perception = evaluate_perception(reloaded, processor, n=eval_images) if eval_images else {}
+    info = {
+        "command": f"visualprm make-base-model OUT --seed {seed} --steps {steps} --batch-size {batch_size} --lr {lr}",
+        "arch": "qwen2_vl",
+        "parameters": n_params,
+        "seed": seed,
+        "steps_done": done,
+        "batch_size": batch_size,
+        "lr": lr,
+        "image_size": IMAGE_SIZE,
+        "train_seconds": round(train_seconds, 1),
+        "device": str(dev),
+        "threads": threads,
+        "perception_heldout": perception,
+        "log": log,
+    }
+    (out / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    print(f"saved {out} ({train_seconds / 60:.1f} min); held-out accuracy: {json.dumps(perception)}")
+    return info
+
+
+def _save(model, processor, out: Path) -> None:
+    """Save float16 weights (a small package) with `dtype: float32` in the config (loads and computes in fp32)."""
+    import torch
+
+    from .model import save_processor
+
+    out.mkdir(parents=True, exist_ok=True)
+    half = {k: v.detach().to("cpu", torch.float16) for k, v in model.state_dict().items()}
+    model.save_pretrained(out, state_dict=half)
+    save_processor(processor, out)
+    cfg_path = out / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["dtype"] = "float32"
+    cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+
+
+def load_base(path: str | os.PathLike | None = None):
+    """The base model (float32, train mode off) from `path`, default the shipped one."""
+    import transformers as tf
+
+    p = Path(path) if path is not None else shipped_path()
+    if not (p / "config.json").is_file():
+        raise InputError("no base model here (build it with `visualprm make-base-model`)", p, field="model")
+    tf.utils.logging.disable_progress_bar()
+    import torch
+
+    return tf.Qwen2VLForConditionalGeneration.from_pretrained(p, dtype=torch.float32).eval()
