@@ -267,11 +267,16 @@ def scorer_alone_ratio(scorer, pool: list[dict], batch_size: int) -> dict:
     batching can give on this machine and model."""
     items = [it for req in pool for it in req["items"]]
     rates = {}
+    saved = getattr(scorer, "batch_size", None)
     for bs in (batch_size, 1):
+        if saved is not None:
+            scorer.batch_size = bs  # the Scorer splits every call into batches of its own batch_size
         t0 = time.perf_counter()
         for k in range(0, len(items), bs):
             scorer.score_steps(items[k : k + bs])
         rates[bs] = len(items) / (time.perf_counter() - t0)
+    if saved is not None:
+        scorer.batch_size = saved
     out = {"solutions": len(items), "batched_sps": rates[batch_size], "single_sps": rates[1]}
     out["ratio"] = rates[batch_size] / rates[1]
     print(

@@ -74,16 +74,39 @@ def test_shipped_base_model_sees(processor):
 
 
 def test_make_base_model_runs_and_is_reproducible(tmp_path):
-    a = basemodel.make_base_model(tmp_path / "a", seed=3, steps=2, batch_size=2, eval_images=0, log_every=1)
-    b = basemodel.make_base_model(tmp_path / "b", seed=3, steps=2, batch_size=2, eval_images=0, log_every=1)
+    kw = dict(seed=3, steps=2, check_steps=1, batch_size=2, eval_images=0, log_every=1)
+    a, b = basemodel.make_base_model(tmp_path / "a", **kw), basemodel.make_base_model(tmp_path / "b", **kw)
+    assert a["steps_done"] == 3
     assert [r["loss"] for r in a["log"]] == [r["loss"] for r in b["log"]]
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
 
 
+def test_check_example_asks_claims_bare_and_prefixed():
+    import random
+
+    rng = random.Random(0)
+    turns = [t for _ in range(200) for t in basemodel.check_example(rng)[1]]
+    claims = [q for q, a in turns if a in ("true", "false") and not q.startswith("True or false: ")]
+    prefixed = [q for q, a in turns if q.startswith("True or false: ")]
+    assert len(claims) > 50 and len(prefixed) > 50  # both phrasings, about half each
+    assert all(q.startswith(("There ", "The ")) or "=" in q for q in claims)
+    assert {a for _, a in turns} >= {"true", "false", "red", "0", "3"}
+
+
+def test_make_base_model_second_phase_from_init(tmp_path):
+    a = basemodel.make_base_model(tmp_path / "a", seed=3, steps=2, batch_size=2, check_steps=0, eval_images=0)
+    b = basemodel.make_base_model(
+        tmp_path / "b", steps=0, batch_size=2, check_steps=2, init=tmp_path / "a", eval_images=0, log_every=1
+    )
+    assert a["steps_done"] == 2 and b["steps_done"] == 2 and b["init"] == str(tmp_path / "a")
+    assert "--init" in b["command"] and "--check-steps 2" in b["command"]
+    assert (tmp_path / "a" / "tokenizer.json").read_text() == (tmp_path / "b" / "tokenizer.json").read_text()
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() != (tmp_path / "b" / "model.safetensors").read_bytes()
+
+
 def test_make_base_model_cli_bad_input(capsys):
-    with pytest.raises(SystemExit) as e:
-        main(["make-base-model", "/tmp/x", "--steps", "0"])
-    assert e.value.code == 2 and "--steps" in capsys.readouterr().err
+    assert main(["make-base-model", "/tmp/x", "--steps", "0"]) == 2  # phase 1 needs steps unless --init
+    assert "--steps" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -135,6 +135,15 @@ def test_only_label_tokens_carry_loss(tiny, tmp_path):
     assert float(prm_loss(logits, targets, soft_t, [plus, minus])[0]) == pytest.approx(
         float(-(0.25 * lp[0] + 0.75 * lp[1])), abs=1e-5
     )  # fmt: skip
+    # label_loss="labels": hard labels over the + and - logits only; the end-of-turn rows keep the vocabulary loss
+    logits, targets, soft_t, _ = label_logits(model, hard)
+    rows = logits[:, [plus, minus]].log_softmax(-1)
+    is_plus, is_minus = targets == plus, targets == minus
+    vocab = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    expected = torch.where(is_plus, -rows[:, 0], torch.where(is_minus, -rows[:, 1], vocab)).mean()
+    got, correct, n = prm_loss(logits, targets, soft_t, [plus, minus], "labels")
+    assert float(got) == pytest.approx(float(expected), abs=1e-6) and int(n) == 3
+    assert float(got) < float(ours)  # the same label rows, without the rest of the vocabulary in the softmax
 
 
 def test_training_encoding_is_the_scorers(tiny, tmp_path):

@@ -232,7 +232,17 @@ def _cmd_make_base_model(a: argparse.Namespace) -> int:
     from .basemodel import make_base_model
 
     make_base_model(
-        a.out, seed=a.seed, steps=a.steps, batch_size=a.batch_size, lr=a.lr, minutes=a.minutes, device=a.device
+        a.out,
+        seed=a.seed,
+        steps=a.steps,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        check_steps=a.check_steps,
+        check_lr=a.check_lr,
+        minutes=a.minutes,
+        device=a.device,
+        checkpoint_every=a.checkpoint_every,
+        init=a.init,
     )
     return 0
 
@@ -396,6 +406,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="value (+/-) or advantage (+/=/-); auto: advantage iff the data has '=' (auto)",
     )
+    p.add_argument(
+        "--label-loss",
+        dest="label_loss",
+        choices=("vocab", "labels"),
+        default=None,
+        help="hard labels: cross-entropy over the vocabulary (vocab, the paper's) or over the label tokens only "
+        "(labels; for a base model that never wrote a label token) (vocab)",
+    )
     p.add_argument("--epochs", type=float, default=None, help="training epochs (1)")
     p.add_argument("--max-steps", dest="max_steps", type=int, default=None, help="optimizer steps (-1: epochs)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (1e-5)")
@@ -478,9 +496,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("out", help="output folder (the shipped one is src/visualprm/assets/base-model)")
     p.add_argument("--seed", type=int, default=0, help="seed for the weights and the data (0)")
-    p.add_argument("--steps", type=_positive_int, default=1000, help="optimizer steps (1000)")
+    p.add_argument("--steps", type=int, default=3000, help="steps of the first phase, seeing (3000)")
     p.add_argument("--batch-size", type=_positive_int, default=32, help="sequences per step (32)")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (2e-3)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the first phase (2e-3)")
+    p.add_argument(
+        "--check-steps", type=int, default=900, help="steps of the second phase, checking claims (900; 0: none)"
+    )
+    p.add_argument(
+        "--init", default=None, help="start from this base model, not random weights (with --steps 0: phase 2 only)"
+    )
+    p.add_argument("--check-lr", type=float, default=1e-3, help="peak learning rate of the second phase (1e-3)")
+    p.add_argument(
+        "--checkpoint-every", type=int, default=0, help="also save OUT.partial every this many steps (0: never)"
+    )
     p.add_argument("--minutes", type=float, default=None, help="stop early after this many minutes (not reproducible)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.set_defaults(func=_cmd_make_base_model)

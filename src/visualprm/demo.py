@@ -243,6 +243,7 @@ def run_demo(
 
     prm = d / "prm"
     opts = dict(epochs=size["epochs"], lr=size["lr"], batch_size=size["batch_size"], seed=seed)
+    opts["label_loss"] = size.get("label_loss", "vocab")
     cfg = TrainConfig(
         data=str(data),
         model=base,
@@ -258,7 +259,7 @@ def run_demo(
         "train",
         [vp, "train", "--data", str(data), "--model", base, "--out", str(prm), "--eval-split", "0"]
         + ["--epochs", str(opts["epochs"]), "--lr", str(opts["lr"]), "--batch-size", str(opts["batch_size"])]
-        + ["--seed", str(seed), "--torch-threads", "1", "--overwrite"],
+        + ["--seed", str(seed), "--label-loss", opts["label_loss"], "--torch-threads", "1", "--overwrite"],
     )
     trained = train(cfg)
     st.done(f"{trained['summary'].get('global_step')} optimizer steps")

@@ -75,6 +75,11 @@ class TrainConfig:
     label_mode: str = _f("auto", "value (+/-), advantage (+/=/-) or auto (advantage iff the data has '=')")
     soft_labels: bool = _f(True, "train on mc (when records have it) as soft targets over + and -")
     train_eot: bool = _f(False, "also supervise the end-of-turn token after each label (as the original)")
+    label_loss: str = _f(
+        "vocab",
+        "hard labels: cross-entropy over the whole vocabulary (vocab, as the paper) or over the label tokens only "
+        "(labels: what the scorer reads; for a base model that has never written a label token)",
+    )
     epochs: float = _f(1.0, "training epochs")
     max_steps: int = _f(-1, "stop after this many optimizer steps (-1: epochs decide)")
     lr: float = _f(1e-5, "peak learning rate")
@@ -116,7 +121,8 @@ class TrainConfig:
 
 CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 # Settings that must match for a re-run to resume the checkpoints in OUT.
-RUN_KEYS = ("data", "model", "eval_data", "eval_split", "label_mode", "soft_labels", "train_eot", "epochs")
+RUN_KEYS = ("data", "model", "eval_data", "eval_split", "label_mode", "soft_labels", "train_eot", "label_loss")
+RUN_KEYS += ("epochs",)
 RUN_KEYS += ("max_steps", "lr", "weight_decay", "warmup_ratio", "lr_scheduler", "batch_size", "grad_accum")
 RUN_KEYS += ("max_length", "full", "freeze_llm", "lora", "lora_r", "lora_alpha", "lora_target", "seed", "limit")
 
@@ -160,6 +166,8 @@ def load_config(yaml_path: str | None, overrides: dict[str, Any]) -> TrainConfig
             raise InputError("missing (give --" + k + " or set it in --config)", field=k)
     if cfg.label_mode not in ("auto", "value", "advantage"):
         raise InputError("expected auto, value or advantage", field="label_mode")
+    if cfg.label_loss not in ("vocab", "labels"):
+        raise InputError("expected vocab or labels", field="label_loss")
     if not 0.0 <= cfg.eval_split < 1.0:
         raise InputError("expected a fraction in [0, 1)", field="eval_split")
     if cfg.batch_size < 1 or cfg.grad_accum < 1:
@@ -187,13 +195,20 @@ def label_logits(model, batch: dict, dtype=None):
     return logits, labels[:, 1:][keep[:, :-1]], soft[:, 1:][keep[:, :-1]], keep
 
 
-def prm_loss(logits, targets, soft, label_ids: list[int]):
-    """Mean loss over supervised tokens, and (n correct, n labels) of the label-token argmax at label positions."""
+def prm_loss(logits, targets, soft, label_ids: list[int], label_loss: str = "vocab"):
+    """Mean loss over supervised tokens, and (n correct, n labels) of the label-token argmax at label positions.
+
+    Hard labels: cross-entropy over the vocabulary, or with `label_loss="labels"` over the label tokens' logits
+    only (then a label's loss does not depend on how unlikely the label token was as a word)."""
     import torch
     import torch.nn.functional as F
 
     hard = F.cross_entropy(logits, targets, reduction="none")
     ids = torch.tensor(label_ids, device=logits.device)
+    if label_loss == "labels":
+        which = (targets[:, None] == ids[None, :]).float()  # one-hot over the labels; all-zero elsewhere
+        among = -(which * torch.log_softmax(logits[:, label_ids], dim=-1)).sum(-1)
+        hard = torch.where(which.any(-1), among, hard)
     two = torch.log_softmax(logits[:, [label_ids[0], label_ids[-1]]], dim=-1)  # + and -
     soft_loss = -(soft * two[:, 0] + (1.0 - soft) * two[:, 1])
     loss = torch.where(soft >= 0, soft_loss, hard).mean()
@@ -211,14 +226,15 @@ def _make_trainer_class():
 
         loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean: the Trainer divides by GA steps
 
-        def __init__(self, *a, label_ids: list[int], label_mode: str, input_dtype=None, **kw):
+        def __init__(self, *a, label_ids: list[int], label_mode: str, input_dtype=None, label_loss="vocab", **kw):
             super().__init__(*a, **kw)
             self.label_ids, self.label_mode, self.input_dtype = label_ids, label_mode, input_dtype
+            self.label_loss = label_loss
             self._acc = [0, 0]
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             logits, targets, soft, _ = label_logits(model, inputs, self.input_dtype)
-            loss, correct, n = prm_loss(logits, targets, soft, self.label_ids)
+            loss, correct, n = prm_loss(logits, targets, soft, self.label_ids, self.label_loss)
             if model.training:
                 self._acc[0] += int(correct)
                 self._acc[1] += int(n)
@@ -511,6 +527,7 @@ def train(cfg: TrainConfig) -> dict:
         label_ids=ids,
         label_mode=label_mode,
         input_dtype=model.dtype,
+        label_loss=cfg.label_loss,
     )
     if resume is not None:
         _say(f"resuming from {resume}")
