@@ -21,10 +21,7 @@ def processor():
 def test_tokenizer_is_rebuilt_identically_and_labels_are_single_tokens(processor):
     tok = basemodel.build_tokenizer()
     assert tok.get_vocab() == basemodel.build_tokenizer().get_vocab()  # rebuilt identically
-    # The shipped model was built by an earlier revision of the corpus: its vocabulary differs a little from
-    # today's build (README); what the demo needs of it holds for both.
-    for label in ("+", "-", "=", "true", "false"):
-        assert len(processor.tokenizer(label, add_special_tokens=False)["input_ids"]) == 1
+    assert processor.tokenizer.get_vocab() == tok.get_vocab()  # the shipped model's is today's build
     for label in ("+", "-", "=", "true", "false"):
         assert len(tok(label, add_special_tokens=False)["input_ids"]) == 1
     # the task's steps are short in this vocabulary (sequence length is the CPU budget)
@@ -86,11 +83,22 @@ def test_check_example_asks_claims_bare_and_prefixed():
 
     rng = random.Random(0)
     turns = [t for _ in range(200) for t in basemodel.check_example(rng)[1]]
-    claims = [q for q, a in turns if a in ("true", "false") and not q.startswith("True or false: ")]
+    claims = [q for q, a in turns if a in ("true", "false") and not q.startswith(("True or false: ", "Are all"))]
     prefixed = [q for q, a in turns if q.startswith("True or false: ")]
     assert len(claims) > 50 and len(prefixed) > 50  # both phrasings, about half each
     assert all(q.startswith(("There ", "The ")) or "=" in q for q in claims)
     assert {a for _, a in turns} >= {"true", "false", "red", "0", "3"}
+    # "Are all of the statements above true?" is true exactly when every true/false turn before it was
+    rng = random.Random(1)
+    seen = 0
+    for _ in range(300):
+        turns = basemodel.check_example(rng)[1]
+        for i, (q, a) in enumerate(turns):
+            if q == basemodel.QUESTION_ALL_TRUE:
+                seen += 1
+                before = [b for _, b in turns[:i] if b in ("true", "false")]
+                assert i == len(turns) - 1 and len(before) >= 2 and a == ("true" if set(before) == {"true"} else "false")
+    assert seen > 30
 
 
 def test_make_base_model_second_phase_from_init(tmp_path):
@@ -187,12 +195,21 @@ def test_demo_quick_runs_every_stage(quick_demo):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the PRM trained from the shipped base model does not see yet (see README)")
-def test_demo_quick_meets_the_targets(quick_demo):
+def test_demo_quick_prm_looks_at_the_image(quick_demo):
+    """The issue's targets that the demo meets: the PRM's perception figure beats the blank-image reference by
+    >= 0.10, and Best-of-8 with the PRM (mean) beats majority vote by >= 5 and pass@1 by >= 15 points."""
     _, res, details = quick_demo
     b, s, ref = res["bon"], res["steps"], details["text_only_reference"]
+    assert s["macro_f1_perception"] >= ref["macro_f1_perception"] + 0.10
+    assert s["macro_f1"] >= ref["macro_f1"] + 0.10
     assert b["prm_mean"] >= b["majority"] + 0.05
     assert b["prm_mean"] >= b["pass_at_1"] + 0.15
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="step macro-F1 is below the issue's 0.80 / 0.70 targets (see README)")
+def test_demo_quick_step_f1_targets(quick_demo):
+    _, res, _ = quick_demo
+    s = res["steps"]
     assert s["macro_f1"] >= 0.80
     assert s["macro_f1_perception"] >= 0.70
-    assert s["macro_f1_perception"] >= ref["macro_f1_perception"] + 0.10

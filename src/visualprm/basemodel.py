@@ -22,8 +22,12 @@ several question/answer turns per image, images rendered from `synthetic.sample_
 - arithmetic in the task's range, as text turns: "What is 3 + 4?" -> "7", "True or false: 4 × 3 = 11." ->
   "false".
 
-Each sequence asks about distinct quantities, so no answer can be copied from an earlier turn. It never sees a
-PRM conversation, a solution or a `+`/`-` label: turning it into a PRM is the demo's fine-tuning. Everything is
+Each sequence asks about distinct quantities, so no answer can be copied from an earlier turn. One sequence in
+five of the first phase is a one-colour image and "What colour are the shapes?": without it the model learnt
+shape totals but never the colour words (per-colour counts at chance). A second phase (`check_example`) teaches
+checking statements: mostly true/false claims about one image, half of them bare statements without "True or
+false:". The model never sees a PRM conversation, a solution or a `+`/`-` label: turning it into a PRM is the
+demo's fine-tuning. Everything is
 drawn from the seed (data: one random stream per step; weights: `torch.manual_seed`), so a run on CPU with the
 same seed, steps and batch size gives the same model. `evaluate_perception` measures, on images from a separate
 stream, the exact-answer accuracy of each kind of question (greedy, teacher-forced).
@@ -69,6 +73,7 @@ QUESTION_INVENTORY_SHAPES = "How many shapes of each colour are there?"
 QUESTION_INVENTORY_BARS = "What are the values of the bars?"
 QUESTION_COLOUR = "What colour are the {}?"
 QUESTION_ARITH = "What is {} {} {}?"
+QUESTION_ALL_TRUE = "Are all of the statements above true?"
 
 
 def shipped_path() -> Path:
@@ -351,6 +356,9 @@ def check_example(rng: random.Random, image_size: int = RENDER_SIZE) -> tuple:
         turns.append(_arith_turn(rng))
     prefix = QUESTION_CLAIM.format("")
     turns = [(q.removeprefix(prefix), a) if q.startswith(prefix) and rng.random() < 0.5 else (q, a) for q, a in turns]
+    verdicts = [a for _, a in turns if a in ("true", "false")]
+    if len(verdicts) >= 2 and rng.random() < 0.4:
+        turns.append((QUESTION_ALL_TRUE, "true" if all(v == "true" for v in verdicts) else "false"))
     return render_scene(scene, image_size), turns
 
 
@@ -457,7 +465,7 @@ def make_base_model(
     batch_size: int = 32,
     lr: float = 2e-3,
     warmup: int = 100,
-    check_steps: int = 900,
+    check_steps: int = 600,
     check_lr: float = 1e-3,
     init: str | os.PathLike | None = None,
     minutes: float | None = None,
