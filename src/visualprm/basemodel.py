@@ -6,8 +6,9 @@ signal), so the project ships a base model pre-trained here on dense signals abo
 synthetic task (synthetic.py), and rebuilds it with one seeded command.
 
 Architecture: a real `Qwen2VLForConditionalGeneration` (text: hidden 128, 4 layers, 4 heads, 2 KV heads; vision:
-dim 128, depth 4, patch 14, 2x2 merge), 112 x 112 images -> 16 image tokens, about 2.0M parameters, with a
-byte-level BPE tokenizer (1,024 tokens) trained here on the domain's texts and Qwen2's special tokens and chat
+dim 128, depth 4, patch 14, 2x2 merge); the processor resizes every image to 84 x 84 pixels -> 9 image tokens,
+one per cell of the task's 3 x 3 grid; about 2.1M parameters, with a byte-level BPE tokenizer (at most 1,024
+tokens) trained here on the domain's texts and Qwen2's special tokens and chat
 template. Saved in float16 (about 4 MB) with `dtype: float32` in its config, so it loads as float32.
 
 Pre-training (next-token loss on the answer tokens only, one image per sequence in the model's chat template,
@@ -73,7 +74,6 @@ QUESTION_INVENTORY_SHAPES = "How many shapes of each colour are there?"
 QUESTION_INVENTORY_BARS = "What are the values of the bars?"
 QUESTION_COLOUR = "What colour are the {}?"
 QUESTION_ARITH = "What is {} {} {}?"
-QUESTION_ALL_TRUE = "Are all of the statements above true?"
 
 
 def shipped_path() -> Path:
@@ -356,9 +356,6 @@ def check_example(rng: random.Random, image_size: int = RENDER_SIZE) -> tuple:
         turns.append(_arith_turn(rng))
     prefix = QUESTION_CLAIM.format("")
     turns = [(q.removeprefix(prefix), a) if q.startswith(prefix) and rng.random() < 0.5 else (q, a) for q, a in turns]
-    verdicts = [a for _, a in turns if a in ("true", "false")]
-    if len(verdicts) >= 2 and rng.random() < 0.4:
-        turns.append((QUESTION_ALL_TRUE, "true" if all(v == "true" for v in verdicts) else "false"))
     return render_scene(scene, image_size), turns
 
 
@@ -465,7 +462,7 @@ def make_base_model(
     batch_size: int = 32,
     lr: float = 2e-3,
     warmup: int = 100,
-    check_steps: int = 600,
+    check_steps: int = 1200,
     check_lr: float = 1e-3,
     init: str | os.PathLike | None = None,
     minutes: float | None = None,

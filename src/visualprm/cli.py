@@ -500,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=32, help="sequences per step (32)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the first phase (2e-3)")
     p.add_argument(
-        "--check-steps", type=int, default=900, help="steps of the second phase, checking claims (900; 0: none)"
+        "--check-steps", type=int, default=1200, help="steps of the second phase, checking claims (1200; 0: none)"
     )
     p.add_argument(
         "--init", default=None, help="start from this base model, not random weights (with --steps 0: phase 2 only)"
