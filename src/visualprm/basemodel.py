@@ -334,9 +334,9 @@ def check_example(rng: random.Random, image_size: int = RENDER_SIZE) -> tuple:
     1-3 turns about one image, each a true-or-false claim in the task's words (seven in ten, half of them false)
     or a count / bar question, then an arithmetic turn one time in two; one sequence in ten is a one-colour image
     and "What colour are the shapes?". A model that can count does not yet compare a count with a claimed number:
-    after the first phase, claims were answered at chance (56%) while counts were right 84% of the time. Half of
-    the claims come bare ("There are 3 red shapes." -> "false"), without "True or false:": a check that only
-    fires after those words does not fire on the same statement elsewhere."""
+    after the first phase, claims were answered at chance (56%) while counts were right 99% of the time. Half of
+    the claims come bare ("There are 3 red shapes." -> "false"), without "True or false:", as the steps of a
+    PRM conversation come."""
     if rng.random() < 0.1:
         scene, color = one_colour_scene(rng)
         return render_scene(scene, image_size), [(QUESTION_COLOUR.format(scene["kind"]), color)]
