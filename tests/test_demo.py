@@ -92,6 +92,7 @@ def test_make_base_model_second_phase_from_init(tmp_path):
     assert "--init" in b["command"] and "--check-steps 2" in b["command"]
     assert (tmp_path / "a" / "tokenizer.json").read_text() == (tmp_path / "b" / "tokenizer.json").read_text()
     assert (tmp_path / "a" / "model.safetensors").read_bytes() != (tmp_path / "b" / "model.safetensors").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]  # no staging folder left behind
 
 
 def test_make_base_model_cli_bad_input(capsys):

@@ -42,11 +42,12 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
 
-from .schema import InputError
+from .schema import InputError, write_json
 from .synthetic import (
     COLORS,
     GRID,
@@ -129,33 +130,14 @@ def _corpus() -> list[str]:
 
 
 def build_tokenizer(vocab_size: int = VOCAB):
-    """A byte-level BPE tokenizer trained on the domain's texts, with Qwen2's special tokens and chat template."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    """A byte-level BPE tokenizer trained on the domain's texts (tiny.py's builder, Qwen2's pre-tokenizer pattern,
+    so `+` and `-` in an assistant turn are tokens of their own), with Qwen2's special tokens and chat template."""
     from transformers import PreTrainedTokenizerFast
 
-    from .tiny import _QWEN_TEMPLATE, _SPECIALS
+    from .tiny import _QWEN_TEMPLATE
+    from .tiny import build_tokenizer as build_bpe
 
-    tok = Tokenizer(models.BPE())
-    # Qwen2's pre-tokenizer pattern: single digits, punctuation runs apart from letters (so `+` and `-` in an
-    # assistant turn are tokens of their own, as model.encode requires).
-    pattern = (
-        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
-        r"|\s+(?!\S)|\s+"
-    )
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=_SPECIALS["qwen"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_corpus() * 2, trainer=trainer)
+    tok = build_bpe("qwen", vocab_size, corpus=_corpus(), repeats=2)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, chat_template=_QWEN_TEMPLATE, eos_token="<|im_end|>", pad_token="<|endoftext|>"
     )
@@ -542,11 +524,12 @@ def make_base_model(
             print(json.dumps(row), file=sys.stderr, flush=True)
             run_loss, run_right, run_n = 0.0, 0, 0
         if checkpoint_every and done % checkpoint_every == 0 and done < total:
-            _save(model, processor, Path(f"{out}.partial"))  # to look at while training goes on
+            partial = Path(f"{out}.partial")  # to look at while training goes on
+            _swap_in(_save(model, processor, partial), partial)
     train_seconds = time.time() - t0
     out = Path(out)
-    _save(model, processor, out)
-    reloaded = load_base(out)
+    staged = _save(model, processor, out)
+    reloaded = load_base(staged)
     perception = evaluate_perception(reloaded, processor, n=eval_images) if eval_images else {}
     info = {
         "command": f"visualprm make-base-model OUT --seed {seed} --steps {steps} --batch-size {batch_size} --lr {lr}"
@@ -567,25 +550,40 @@ def make_base_model(
         "perception_heldout": perception,
         "log": log,
     }
-    (out / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    write_json(staged / INFO_FILE, info)
+    _swap_in(staged, out)  # OUT appears whole, with its INFO_FILE, or not at all
     print(f"saved {out} ({train_seconds / 60:.1f} min); held-out accuracy: {json.dumps(perception)}")
     return info
 
 
-def _save(model, processor, out: Path) -> None:
-    """Save float16 weights (a small package) with `dtype: float32` in the config (loads and computes in fp32)."""
+def _save(model, processor, out: Path) -> Path:
+    """Save float16 weights (a small package) with `dtype: float32` in the config (loads and computes in fp32)
+    into a staging folder beside `out`; returns it (`_swap_in` puts it in place)."""
     import torch
 
     from .model import save_processor
 
-    out.mkdir(parents=True, exist_ok=True)
+    staged = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir(parents=True)
     half = {k: v.detach().to("cpu", torch.float16) for k, v in model.state_dict().items()}
-    model.save_pretrained(out, state_dict=half)
-    save_processor(processor, out)
-    cfg_path = out / "config.json"
+    model.save_pretrained(staged, state_dict=half)
+    save_processor(processor, staged)
+    cfg_path = staged / "config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["dtype"] = "float32"
     cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+    return staged
+
+
+def _swap_in(staged: Path, out: Path) -> None:
+    """Replace the folder `out` by `staged` (renames only, so `out` is never half-written)."""
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    staged.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_base(path: str | os.PathLike | None = None):

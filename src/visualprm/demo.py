@@ -48,39 +48,25 @@ from __future__ import annotations
 
 import json
 import shlex
-import sys
 import time
 from pathlib import Path
 
 from .schema import InputError, read_jsonl, write_json, write_jsonl
 
 # Sizes of a run. `default`: <= 10 minutes on a 2-core CPU; `quick`: <= 3 minutes (CI).
-SIZES = {
-    "default": dict(
-        train_problems=600,
-        solutions=4,
-        rollouts=8,
-        threshold=0.25,
-        label_loss="labels",
-        epochs=3.0,
-        lr=1e-4,
-        batch_size=8,
-        heldout_problems=100,
-        candidates=8,
-    ),
-    "quick": dict(
-        train_problems=240,
-        solutions=4,
-        rollouts=8,
-        threshold=0.25,
-        label_loss="labels",
-        epochs=3.0,
-        lr=1e-4,
-        batch_size=8,
-        heldout_problems=40,
-        candidates=8,
-    ),
-}
+_DEFAULT = dict(
+    train_problems=600,
+    solutions=4,
+    rollouts=8,
+    threshold=0.25,
+    label_loss="labels",
+    epochs=3.0,
+    lr=1e-4,
+    batch_size=8,
+    heldout_problems=100,
+    candidates=8,
+)
+SIZES = {"default": _DEFAULT, "quick": {**_DEFAULT, "train_problems": 240, "heldout_problems": 40}}
 TRAIN_SEED, HELDOUT_SEED = 1000, 2000  # problem seeds are these + --seed
 KINDS = ("perception", "reasoning")
 
@@ -438,12 +424,3 @@ def _write_report(d: Path, results: dict, details: dict, bon_res: dict, page) ->
         "bench/report.html, bench_blank/report.html</p>"
     )
     _atomic(d / "report.html", page("visualprm demo", body))
-
-
-def main_demo(out: str, quick: bool, seed: int, base: str | None) -> int:
-    run_demo(out, quick=quick, seed=seed, base=base)
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main_demo("demo-out", "--quick" in sys.argv, 0, None))

@@ -28,6 +28,9 @@ from typing import Any
 from .schema import InputError
 
 SENTINEL = "\ue000"  # a private-use character no chat template or tokenizer treats specially
+# Model types that tests/test_scoring.py and tests/test_sharing.py check against the plain one-by-one path
+# (text-only ones included): prefix sharing (sharing.py) and unmasked right padding (scoring.py) rely on it.
+TESTED_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl", "llava", "idefics3", "qwen2", "llama")
 VALUE_LABELS = ("+", "-")
 ADVANTAGE_LABELS = ("+", "=", "-")
 PRM_CONFIG = "visualprm.json"  # written beside a trained PRM: label mode, labels, system prompt switch

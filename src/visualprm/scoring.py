@@ -21,13 +21,21 @@ import sys
 import time
 from pathlib import Path
 
-from .model import ADVANTAGE_LABELS, SENTINEL, VALUE_LABELS, Encoded, collate, encode, get_tokenizer, is_multimodal
+from .model import (
+    ADVANTAGE_LABELS,
+    SENTINEL,
+    TESTED_TYPES,
+    VALUE_LABELS,
+    Encoded,
+    collate,
+    encode,
+    get_tokenizer,
+    is_multimodal,
+)
 from .schema import InputError, Loc, check_image, load_image, read_jsonl, resolve_images, solution, write_jsonl
 from .steps import prm_messages
 
 AGGREGATES = ("mean", "min", "max", "last", "prod")
-# Causal models whose right-padded batches run without the padding mask (see Scorer._label_logits).
-UNMASKED_RIGHT_PADDING = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl", "llava", "idefics3", "qwen2", "llama")
 
 
 def aggregate(step_scores: list[float], how: str = "mean") -> float:
@@ -137,7 +145,7 @@ class Scorer:
         if (
             self.padding_side == "right"
             and len(rows) > 1
-            and getattr(self.model.config, "model_type", None) in UNMASKED_RIGHT_PADDING
+            and getattr(self.model.config, "model_type", None) in TESTED_TYPES
         ):
             # Right padding under a causal mask: pads come after every real token, so no real token ever sees
             # one and the padding mask changes nothing; without it CPU attention takes its fused causal kernel

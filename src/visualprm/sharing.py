@@ -30,12 +30,11 @@ import inspect
 import logging
 from dataclasses import dataclass
 
-from .model import Encoded
+from .model import TESTED_TYPES, Encoded
 
 log = logging.getLogger(__name__)
 
-# Model types whose shared path tests/test_sharing.py checks against the plain path (text-only ones included).
-VERIFIED = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl", "llava", "idefics3", "qwen2", "llama")
+VERIFIED = TESTED_TYPES  # model types whose shared path the tests check against the plain path
 _WARNED: set[str] = set()
 _PER_TOKEN = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
 

@@ -84,8 +84,9 @@ _CORPUS = [
 ]
 
 
-def build_tokenizer(family: str, vocab_size: int = 640):
-    """A byte-level BPE tokenizer trained on a small corpus, with the family's special tokens."""
+def build_tokenizer(family: str, vocab_size: int = 640, corpus: list[str] | None = None, repeats: int = 4):
+    """A byte-level BPE tokenizer trained on a small corpus (`corpus`, default a generic one, `repeats` times),
+    with the family's special tokens."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -108,7 +109,7 @@ def build_tokenizer(family: str, vocab_size: int = 640):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    tok.train_from_iterator((_CORPUS if corpus is None else corpus) * repeats, trainer=trainer)
     return tok
 
 

@@ -122,8 +122,7 @@ class TrainConfig:
 CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 # Settings that must match for a re-run to resume the checkpoints in OUT.
 RUN_KEYS = ("data", "model", "eval_data", "eval_split", "label_mode", "soft_labels", "train_eot", "label_loss")
-RUN_KEYS += ("epochs",)
-RUN_KEYS += ("max_steps", "lr", "weight_decay", "warmup_ratio", "lr_scheduler", "batch_size", "grad_accum")
+RUN_KEYS += ("epochs", "max_steps", "lr", "weight_decay", "warmup_ratio", "lr_scheduler", "batch_size", "grad_accum")
 RUN_KEYS += ("max_length", "full", "freeze_llm", "lora", "lora_r", "lora_alpha", "lora_target", "seed", "limit")
 
 
@@ -606,4 +605,11 @@ def train_command(yaml_path: str | None, overrides: dict[str, Any]) -> int:
     """`visualprm train`: config from YAML and options, then `train`."""
     cfg = load_config(yaml_path, overrides)
     train(cfg)
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Leave the process group before exiting: left to interpreter shutdown, gloo's threads were sometimes
+        # killed mid-teardown ("terminate called without an active exception", exit status != 0).
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return 0
