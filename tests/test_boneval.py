@@ -141,13 +141,20 @@ def _gold_file(tmp_path) -> tuple[Path, dict]:
 N = 4
 
 
-def _expected(items):
+def _ok(name: str, it: dict, j: int) -> bool:
+    """The scripted candidate j is right, and the benchmark's rules can count it right (LogicVista's authors
+    count a lone letter outside A-E as no answer, so gold "G" answered "G" is wrong)."""
     from boneval_policy import right
 
+    g = str(it["answer"])
+    return right(it["question"], j) and not (name == "logicvista" and len(g) == 1 and g.lower() not in "abcde")
+
+
+def _expected(items):
     exp = {}
     for name, its in items.items():
-        p1 = [right(it["question"], 0) for it in its]
-        orc = [any(right(it["question"], j) for j in range(N)) for it in its]
+        p1 = [_ok(name, it, 0) for it in its]
+        orc = [any(_ok(name, it, j) for j in range(N)) for it in its]
         exp[name] = (E.metric(name, its, p1)["score"], E.metric(name, its, orc)["score"])
     return exp
 
@@ -171,8 +178,8 @@ def test_bon_eval_end_to_end_in_process(tmp_path, prm, monkeypatch):
                    progress=False)  # fmt: skip
     # every right candidate checks right and every wrong one wrong
     for s in map(json.loads, (tmp_path / "out" / "samples.jsonl").read_text().splitlines()):
-        q = next(it["question"] for it in items[s["benchmark"]] if it["id"] == s["id"])
-        assert s["correct"] == [boneval_policy.right(q, j) for j in range(N)], s
+        it = next(it for it in items[s["benchmark"]] if it["id"] == s["id"])
+        assert s["correct"] == [_ok(s["benchmark"], it, j) for j in range(N)], s
     for name, (p1, orc) in _expected(items).items():
         m = res["benchmarks"][name]["metrics"]
         assert m["pass@1"]["score"] == pytest.approx(p1) and m["oracle"]["score"] == pytest.approx(orc), name
@@ -189,7 +196,10 @@ def test_bon_eval_end_to_end_in_process(tmp_path, prm, monkeypatch):
     res2 = bon_eval(_benchmarks(), "py:boneval_policy:make", prm, str(tmp_path / "out"), n=N, orm=True,
                     progress=False, report=False)  # fmt: skip
     assert len(boneval_policy.CALLS) == before
-    assert {k: v for k, v in res2.items() if k != "seconds"} == {k: v for k, v in res.items() if k != "seconds"}
+    def same(d):  # (NaN rates, e.g. RM with no mastered problem, compare equal as JSON)
+        return json.dumps({k: v for k, v in d.items() if k != "seconds"}, sort_keys=True)
+
+    assert same(res2) == same(res)
 
 
 @pytest.mark.slow
