@@ -196,6 +196,7 @@ def test_bon_eval_end_to_end_in_process(tmp_path, prm, monkeypatch):
     res2 = bon_eval(_benchmarks(), "py:boneval_policy:make", prm, str(tmp_path / "out"), n=N, orm=True,
                     progress=False, report=False)  # fmt: skip
     assert len(boneval_policy.CALLS) == before
+
     def same(d):  # (NaN rates, e.g. RM with no mastered problem, compare equal as JSON)
         return json.dumps({k: v for k, v in d.items() if k != "seconds"}, sort_keys=True)
 

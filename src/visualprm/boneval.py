@@ -67,7 +67,9 @@ def _read_done(path: Path, run: dict, keys: tuple[str, ...], what: str) -> dict[
         diff = [k for k in keys if old.get(k) != run.get(k)]
         if diff:
             what_ = ", ".join(f"{k}={old.get(k)!r} (now {run.get(k)!r})" for k in diff)
-            raise loc.error(f"{what} written with other options: {what_}; use the same options or another --out", "run")
+            raise loc.error(
+                f"{what} written with other options: {what_}; use the same options or another --out", "run"
+            )
         done[f"{rec['benchmark']}/{rec['id']}"] = rec
     return done
 
@@ -292,7 +294,10 @@ def _report(res: dict, items_by, cands, scores, out: Path, png: bytes, main: str
     from .report import _atomic, img, page, solution_html
     from .scoring import aggregate
 
-    body = ["<h2>Best-of-N over N</h2>" + img(png, "curve"), "<pre>" + html.escape(format_tables(res, main)) + "</pre>"]
+    body = [
+        "<h2>Best-of-N over N</h2>" + img(png, "curve"),
+        "<pre>" + html.escape(format_tables(res, main)) + "</pre>",
+    ]
     by_id = {(s["benchmark"], s["id"]): s for s in res["samples"]}
     for name, items in items_by.items():
         body.append(f"<h2>{html.escape(name)}: examples</h2>")

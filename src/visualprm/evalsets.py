@@ -363,9 +363,7 @@ def _mv_fix_slash(s: str) -> str:
 
 def _mv_fix_sqrt(s: str) -> str:
     parts = s.split("\\sqrt")
-    return parts[0] + "".join(
-        "\\sqrt{" + p[0] + "}" + p[1:] if p and p[0] != "{" else "\\sqrt" + p for p in parts[1:]
-    )
+    return parts[0] + "".join("\\sqrt{" + p[0] + "}" + p[1:] if p and p[0] != "{" else "\\sqrt" + p for p in parts[1:])
 
 
 def _mv_strip(s: str) -> str:
@@ -612,7 +610,7 @@ def wemath_metrics(items: list[dict], correct: list, total: int | None = None) -
     n = {k: 0 for k in ("IK", "IG", "CM_loose", "CM_strict", "RM_loose", "RM_strict")}
     composites = 0
     one_step = []
-    for pid, keys in by.items():
+    for keys in by.values():
         m = re.match(r"(\d)steps", next(iter(keys)))
         if not m or f"{m.group(1)}steps_multi" not in keys:
             continue
@@ -684,7 +682,9 @@ def check(name: str, response: str, item: dict) -> dict:
 
             letter = extract_answer(response, meta.get("choices"), mode="choice")
             ext = letter if letter is not None else ext
-        pred = mathvista_normalize(ext, meta.get("choices"), meta["question_type"], meta["answer_type"], meta.get("precision"))
+        pred = mathvista_normalize(
+            ext, meta.get("choices"), meta["question_type"], meta["answer_type"], meta.get("precision")
+        )
         return {"correct": pred == item["answer"], "extracted": None if pred is None else str(pred)}
     if name == "logicvista":
         chosen = logicvista_letters(_final(response))
