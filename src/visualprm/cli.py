@@ -13,6 +13,7 @@ import sys
 import time
 
 from .cli_data import add_data_commands
+from .convert import add_convert_command
 from .schema import InputError
 
 
@@ -322,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_make_tiny_model)
 
     add_data_commands(sub)
+    add_convert_command(sub)
 
     p = sub.add_parser("serve", help="HTTP scoring service with dynamic batching (for RL training and search)")
     p.description = (

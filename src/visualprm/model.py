@@ -185,6 +185,10 @@ def label_token_ids(processor, labels: tuple[str, ...] = VALUE_LABELS, prefix: s
     ids = []
     for lab in labels:
         enc = tok(prefix + lab, add_special_tokens=False)["input_ids"]
+        if len(enc) != 1 and tok.convert_tokens_to_ids(prefix + lab) not in (None, tok.unk_token_id):
+            # sentencepiece vocabularies (converted InternLM2) put "▁" before a text that starts a piece, so
+            # "+" alone encodes as "▁", "+"; the token itself is in the vocabulary (encode checks it in context).
+            enc = [tok.convert_tokens_to_ids(prefix + lab)]
         if len(enc) != 1:
             raise InputError(
                 f"label {prefix + lab!r} is {len(enc)} tokens in this vocabulary (must be exactly one)", field="label"
