@@ -114,7 +114,8 @@ class Official:
         t = get_conv_template(self.model.template)
         t.system_message = self.model.system_message if system_message is None else system_message
         for k, s in enumerate(steps):
-            t.append_message(t.roles[0], f"### Question:\n<image>\n{question}\n\n### Solution Process:\n{s}" if k == 0 else s)
+            first = f"### Question:\n<image>\n{question}\n\n### Solution Process:\n{s}"
+            t.append_message(t.roles[0], first if k == 0 else s)
             t.append_message(t.roles[1], "+")
         q = t.get_prompt()
         return q.replace("<image>", "<img>" + "<IMG_CONTEXT>" * self.model.num_image_token * tiles + "</img>", 1)

@@ -35,6 +35,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--batch-size", type=_positive_int, default=8, help="solutions per forward pass (default 8)")
     p.add_argument("--max-length", type=int, default=None, help="fail on sequences longer than this many tokens")
+    p.add_argument("--max-tiles", type=_positive_int, default=None, help="InternVL: at most N image tiles")
     p.add_argument(
         "--label-mode",
         choices=("auto", "value", "advantage"),
@@ -534,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if getattr(args, "max_tiles", None):  # read by Scorer.from_pretrained, in this process and its children
+        os.environ["VISUALPRM_MAX_TILES"] = str(args.max_tiles)
     try:
         return int(args.func(args) or 0)
     except InputError as e:
@@ -542,6 +545,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"visualprm {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if getattr(args, "max_tiles", None):
+            os.environ.pop("VISUALPRM_MAX_TILES", None)
 
 
 if __name__ == "__main__":

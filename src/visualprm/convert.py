@@ -235,9 +235,9 @@ def map_tensor(key: str, t, cfg: dict) -> list[tuple[str, object]]:
     if key.startswith("vision_model."):
         k = key[len("vision_model.") :]
         if ".attn.qkv." in k:
-            q, kk, v = t.chunk(3, dim=0)
+            qkv = t.chunk(3, dim=0)
             base = "model.vision_tower." + k.replace("encoder.layers.", "encoder.layer.")
-            return [(base.replace(".attn.qkv.", f".attention.{n}_proj."), x.contiguous()) for n, x in zip("qkv", (q, kk, v))]
+            return [(base.replace(".attn.qkv.", f".attention.{n}_proj."), x.contiguous()) for n, x in zip("qkv", qkv)]
         for a, b in _VISION:
             k = k.replace(a, b)
         return [("model.vision_tower." + k, t)]
@@ -382,7 +382,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool = Fa
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    return {"src": str(src), "dst": str(dst), "llm": cfg["_llm_kind"], "shards": len(shards), "seconds": time.time() - t0}
+    seconds = time.time() - t0
+    return {"src": str(src), "dst": str(dst), "llm": cfg["_llm_kind"], "shards": len(shards), "seconds": seconds}
 
 
 def _cmd_convert(a: argparse.Namespace) -> int:
@@ -397,7 +398,7 @@ def _cmd_convert(a: argparse.Namespace) -> int:
 
 def add_convert_command(sub) -> None:
     """Add `visualprm convert` to the command's subparsers (cli.py)."""
-    p = sub.add_parser("convert", help="convert a released VisualPRM / InternVL chat checkpoint to transformers format")
+    p = sub.add_parser("convert", help="convert a released VisualPRM / InternVL chat checkpoint to transformers")
     p.description = (
         "Convert an original InternVL chat checkpoint (config architectures InternVLChatModel, e.g. "
         "OpenGVLab/VisualPRM-8B) into a transformers-native InternVLForConditionalGeneration folder that every "

@@ -182,7 +182,7 @@ def original_state_dict(config: dict, seed: int = 0) -> dict:
             sd[p + "post_attention_layernorm.weight"] = norm(dt)
     sd[lm + "norm.weight"] = norm(dt)
     head = "language_model.output.weight" if internlm2 else "language_model.lm_head.weight"
-    sd[head] = w(vocab, dt, scale=4.0)  # untied, and different from the embeddings (REFERENCE.md §11 pitfall)
+    sd[head] = w(vocab, dt, scale=2.0)  # untied, and different from the embeddings (REFERENCE.md §11 pitfall)
     return {k: x.contiguous() for k, x in sd.items()}
 
 

@@ -161,6 +161,15 @@ def load_model(path: str | os.PathLike, device: str | None = None, dtype: str | 
     p = Path(path)
     if not p.exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
         raise InputError("model folder not found (and HF_HUB_OFFLINE=1, so no hub download)", path, field="prm")
+    from .convert import is_original
+
+    if is_original(p):
+        raise InputError(
+            "an original InternVL chat checkpoint (InternVLChatModel): convert it first with "
+            "`visualprm convert SRC DST`, then pass DST",
+            path,
+            field="prm",
+        )
     try:
         config = tf.AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as e:
