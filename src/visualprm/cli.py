@@ -14,6 +14,7 @@ import time
 
 from .boneval import add_bon_eval_command
 from .cli_data import add_data_commands
+from .convert import add_convert_command
 from .schema import InputError
 
 
@@ -35,6 +36,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--batch-size", type=_positive_int, default=8, help="solutions per forward pass (default 8)")
     p.add_argument("--max-length", type=int, default=None, help="fail on sequences longer than this many tokens")
+    p.add_argument("--max-tiles", type=_positive_int, default=None, help="InternVL: at most N image tiles")
     p.add_argument(
         "--label-mode",
         choices=("auto", "value", "advantage"),
@@ -324,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_data_commands(sub)
     add_bon_eval_command(sub)
+    add_convert_command(sub)
 
     p = sub.add_parser("serve", help="HTTP scoring service with dynamic batching (for RL training and search)")
     p.description = (
@@ -333,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prm", required=True, help="PRM folder (model + processor)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--max-tiles", type=_positive_int, default=None, help="InternVL: at most N image tiles")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: $VISUALPRM_API_KEY)")
     p.add_argument("--image-root", default=None, help="folder that requests' image_paths are read from (else refused)")
     p.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs (public hosts only)")
@@ -534,6 +538,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if getattr(args, "max_tiles", None):  # read by Scorer.from_pretrained, in this process and its children
+        os.environ["VISUALPRM_MAX_TILES"] = str(args.max_tiles)
     try:
         return int(args.func(args) or 0)
     except InputError as e:
@@ -542,6 +548,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"visualprm {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if getattr(args, "max_tiles", None):
+            os.environ.pop("VISUALPRM_MAX_TILES", None)
 
 
 if __name__ == "__main__":

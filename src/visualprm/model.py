@@ -161,6 +161,15 @@ def load_model(path: str | os.PathLike, device: str | None = None, dtype: str | 
     p = Path(path)
     if not p.exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
         raise InputError("model folder not found (and HF_HUB_OFFLINE=1, so no hub download)", path, field="prm")
+    from .convert import is_original
+
+    if is_original(p):
+        raise InputError(
+            "an original InternVL chat checkpoint (InternVLChatModel): convert it first with "
+            "`visualprm convert SRC DST`, then pass DST",
+            path,
+            field="prm",
+        )
     try:
         config = tf.AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as e:
@@ -185,6 +194,10 @@ def label_token_ids(processor, labels: tuple[str, ...] = VALUE_LABELS, prefix: s
     ids = []
     for lab in labels:
         enc = tok(prefix + lab, add_special_tokens=False)["input_ids"]
+        if len(enc) != 1 and tok.convert_tokens_to_ids(prefix + lab) not in (None, tok.unk_token_id):
+            # sentencepiece vocabularies (converted InternLM2) put "▁" before a text that starts a piece, so
+            # "+" alone encodes as "▁", "+"; the token itself is in the vocabulary (encode checks it in context).
+            enc = [tok.convert_tokens_to_ids(prefix + lab)]
         if len(enc) != 1:
             raise InputError(
                 f"label {prefix + lab!r} is {len(enc)} tokens in this vocabulary (must be exactly one)", field="label"

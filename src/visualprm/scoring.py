@@ -58,6 +58,16 @@ def aggregate(step_scores: list[float], how: str = "mean") -> float:
 _aggregate = aggregate  # for functions whose `aggregate` argument shadows it
 
 
+def set_max_tiles(processor, n: int) -> None:
+    """At most `n` image tiles (InternVL's `max_dynamic_patch`; the paper's Best-of-N used 6)."""
+    ip = getattr(processor, "image_processor", None)
+    if ip is None or not hasattr(ip, "max_patches") or not getattr(ip, "crop_to_patches", False):
+        raise InputError("--max-tiles applies to InternVL (tiled) image processors only", field="max_tiles")
+    if n < getattr(ip, "min_patches", 1):
+        raise InputError(f"--max-tiles {n} is below the processor's min_patches {ip.min_patches}", field="max_tiles")
+    ip.max_patches = n
+
+
 class Scorer:
     """Scores the steps of solutions with a PRM. Engine-agnostic callers use `score_steps` / `score_groups`."""
 
@@ -104,8 +114,11 @@ class Scorer:
         system_prompt: bool | str | None = None,
         **kwargs,
     ) -> Scorer:
-        """Load a PRM folder. `label_mode="auto"` and `system_prompt=None` take what `train` recorded."""
+        """Load a PRM folder. `label_mode="auto"` and `system_prompt=None` take what `train` (or `convert`)
+        recorded. `max_tiles` (else $VISUALPRM_MAX_TILES) caps an InternVL model's image tiles."""
         from .model import load_model, read_prm_config
+
+        max_tiles = kwargs.pop("max_tiles", None) or int(os.environ.get("VISUALPRM_MAX_TILES") or 0) or None
 
         saved = read_prm_config(path) if Path(path).exists() else {}
         if label_mode == "auto":
@@ -113,6 +126,8 @@ class Scorer:
         if system_prompt is None:
             system_prompt = saved.get("system_prompt", True)
         model, processor = load_model(path, device=device, dtype=dtype)
+        if max_tiles is not None:
+            set_max_tiles(processor, max_tiles)
         return cls(model, processor, label_mode=label_mode, system_prompt=system_prompt, **kwargs)
 
     # -- encoding ------------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ from .builddata import (
     step_metrics,
     system_prompt_of,
 )
-from .model import ADVANTAGE_LABELS, PRM_CONFIG, VALUE_LABELS, get_tokenizer
+from .model import ADVANTAGE_LABELS, PRM_CONFIG, VALUE_LABELS, get_tokenizer, read_prm_config
 from .schema import InputError, check_image, write_json
 
 
@@ -363,6 +363,13 @@ def train(cfg: TrainConfig) -> dict:
         train_ex, eval_ex = split_problems(examples, cfg.eval_split, cfg.seed)
     label_mode = check_label_mode(train_ex + eval_ex, cfg.label_mode, cfg.soft_labels)
     system_prompt = system_prompt_of(train_ex + eval_ex)
+    base_system = read_prm_config(cfg.model).get("system_prompt") if Path(cfg.model).is_dir() else None
+    if isinstance(base_system, str) and system_prompt is True:
+        # A converted released PRM (visualprm convert) records its own system message: it trains and scores
+        # with that one, in place of the standard PRM prompt of the data.
+        system_prompt = base_system
+        for ex in train_ex + eval_ex:
+            ex["system"] = base_system
     labels = VALUE_LABELS if label_mode == "value" else ADVANTAGE_LABELS
     if not cfg.soft_labels:
         for ex in train_ex + eval_ex:
