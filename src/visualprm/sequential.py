@@ -134,7 +134,9 @@ def token_counter(policy) -> Callable[[str], int]:
 def check_bounds(steps: list[dict], labels: str, threshold: float, loc, orm: bool = False) -> None:
     """build-data: refuse bounded steps where the labels need the K-rollout mc (soft, advantage) or where the
     value label at `threshold` is not decided by the bound. `steps` are the raw step objects of one line."""
-    used = range(len(steps) - 1, len(steps)) if orm else range(len(steps))
+    if not isinstance(steps, list):
+        return  # schema.annotated reports it
+    used = range(max(len(steps) - 1, 0), len(steps)) if orm else range(len(steps))
     for i in used:
         s = steps[i]
         if not (isinstance(s, dict) and s.get("mc_bound")):
