@@ -52,8 +52,7 @@ from typing import Any
 
 from .policy import GenRequest, Policy
 from .schema import InputError, append_jsonl, read_jsonl, repair_torn_tail, write_jsonl
-from .sequential import ADAPTIVE, adaptive_steps, blocks, step_record
-from .steps import join_steps
+from .sequential import ADAPTIVE, adaptive_steps, draw_rounds, step_record
 
 STRATEGIES = ("all", "early-stop", "binary", *ADAPTIVE)
 # Options that must match when resuming into an existing output file.
@@ -154,9 +153,7 @@ def annotate_problem(
     is `{"index", "response", "verdict", "steps", "labels", "rollouts", "tokens", "requests"}` (tokens and
     requests of its rollouts). Continuations are drawn in blocks of `first_round` (default 1 for the adaptive
     strategies, else K; sequential.py); `threshold` is the value-label threshold the adaptive strategies decide."""
-    count_tokens = count_tokens or (lambda text: len(text.split()))
     first_round = first_round or (1 if strategy in ADAPTIVE else rollouts)
-    plan = blocks(rollouts, first_round)
     pid = problem["id"]
     req = GenRequest(problem, "", n=solutions, seed=derive_seed(seed, pid, "solutions"), **sampling)
     texts = (yield [req])[0]
@@ -172,50 +169,14 @@ def annotate_problem(
                                  strategy_steps)  # fmt: skip
         else:
             gen = strategy_steps(strategy, len(steps), bool(verdict["correct"]))
-        sol = {"index": j, "response": text, "verdict": verdict, "steps": steps, "gen": gen, "drawn": {}}
-        sol.update(rollouts=0, tokens=0, requests=0)
-        _advance(sol, None)
-        sols.append(sol)
-    n_unparsed = 0
-    while True:
-        active = [s for s in sols if "labels" not in s]
-        if not active:
-            break
-        reqs, owners = [], []
-        for s in active:
-            # a strategy asks for prefixes (all K continuations) or {prefix: continuations wanted in total}
-            want = s["want"] if isinstance(s["want"], dict) else dict.fromkeys(s["want"], rollouts)
-            for i, total in want.items():
-                prefix = join_steps(s["steps"][: i + 1])
-                drawn = s["drawn"].setdefault(i, [0, 0])[1]
-                for start, size in plan:
-                    if drawn <= start < total:  # block 0 keeps the seed of one request per prefix
-                        r_seed = derive_seed(seed, pid, s["index"], i, *([start] if start else []))
-                        reqs.append(GenRequest(problem, prefix, n=size, seed=r_seed, **sampling))
-                        owners.append((s, i, prefix))
-        outs = yield reqs
-        for (s, i, prefix), conts in zip(owners, outs):
-            verdicts = [check(prefix + c, problem) for c in conts]
-            s["drawn"][i][0] += sum(bool(v["correct"]) for v in verdicts)
-            s["drawn"][i][1] += len(verdicts)
-            n_unparsed += sum(not v.get("parsed", True) for v in verdicts)
-            s["rollouts"] += len(conts)
-            s["tokens"] += sum(count_tokens(c) for c in conts)
-            s["requests"] += 1
-        for s in active:
-            want = s["want"]
-            _advance(s, {i: tuple(s["drawn"][i]) for i in want})
-    for s in sols:
-        del s["gen"], s["want"], s["drawn"]
+        sols.append({"index": j, "response": text, "verdict": verdict, "steps": steps, "gen": gen})
+
+    def seed_of(sol: int, i: int, start: int) -> int:  # block 0 keeps the seed of one request per prefix
+        return derive_seed(seed, pid, sol, i, *([start] if start else []))
+
+    n_unparsed = yield from draw_rounds(problem, sols, rollouts, first_round, seed_of, check, sampling, count_tokens)
     totals = {k: sum(s[k] for s in sols) for k in ("rollouts", "tokens", "requests")}
     return {"solutions": sols, **totals, "rollouts_unparsed": n_unparsed, "empty": empty}
-
-
-def _advance(sol: dict, measured: Measure | None) -> None:
-    try:
-        sol["want"] = next(sol["gen"]) if measured is None else sol["gen"].send(measured)
-    except StopIteration as e:
-        sol["labels"], sol["want"] = e.value, []
 
 
 # ---------------------------------------------------------------------------------------------------------------

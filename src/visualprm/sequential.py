@@ -115,6 +115,66 @@ def adaptive_steps(
     return out
 
 
+def draw_rounds(
+    problem: dict,
+    sols: list[dict],
+    k: int,
+    first_round: int,
+    seed_of: Callable[[int, int, int], int],
+    check: Callable[[str, dict], dict],
+    sampling: dict,
+    count_tokens: Callable[[str], int] | None = None,
+) -> Generator[list, list[list[str]], int]:
+    """Run the strategy drivers `sol["gen"]` of one problem's solutions in lock-step rounds: yields each round's
+    requests (one per block, seed `seed_of(solution, prefix, block start)`), receives their texts, checks them,
+    and sets `labels`, `rollouts`, `tokens` and `requests` in every solution. Returns the unparsed rollouts.
+
+    A driver yields prefix indices (all K continuations) or `{prefix: continuations wanted in total}` and
+    receives `{prefix: (n_correct, n_drawn)}` so far."""
+    from .policy import GenRequest
+    from .steps import join_steps
+
+    count_tokens = count_tokens or (lambda text: len(text.split()))
+    plan = blocks(k, first_round)
+    for s in sols:
+        s.update(rollouts=0, tokens=0, requests=0, drawn={})
+        _advance(s, None)
+    n_unparsed = 0
+    while active := [s for s in sols if "labels" not in s]:
+        reqs, owners = [], []
+        for s in active:
+            want = s["want"] if isinstance(s["want"], dict) else dict.fromkeys(s["want"], k)
+            for i, total in want.items():
+                prefix = join_steps(s["steps"][: i + 1])
+                drawn = s["drawn"].setdefault(i, [0, 0])[1]
+                for start, size in plan:
+                    if drawn <= start < total:
+                        seed = seed_of(s["index"], i, start)
+                        reqs.append(GenRequest(problem, prefix, n=size, seed=seed, **sampling))
+                        owners.append((s, i, prefix))
+        outs = yield reqs
+        for (s, i, prefix), conts in zip(owners, outs):
+            verdicts = [check(prefix + c, problem) for c in conts]
+            s["drawn"][i][0] += sum(bool(v["correct"]) for v in verdicts)
+            s["drawn"][i][1] += len(verdicts)
+            n_unparsed += sum(not v.get("parsed", True) for v in verdicts)
+            s["rollouts"] += len(conts)
+            s["tokens"] += sum(count_tokens(c) for c in conts)
+            s["requests"] += 1
+        for s in active:
+            _advance(s, {i: tuple(s["drawn"][i]) for i in s["want"]})
+    for s in sols:
+        del s["gen"], s["want"], s["drawn"]
+    return n_unparsed
+
+
+def _advance(sol: dict, measured: dict | None) -> None:
+    try:
+        sol["want"] = next(sol["gen"]) if measured is None else sol["gen"].send(measured)
+    except StopIteration as e:
+        sol["labels"], sol["want"] = e.value, []
+
+
 def step_record(text: str, label: tuple) -> dict:
     """One step of an annotated line: text, mc, n_correct, n_total, and for a bound mc_bound and mc_range."""
     rec = {"text": text, "mc": label[0], "n_correct": label[1], "n_total": label[2]}
