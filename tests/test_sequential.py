@@ -123,6 +123,8 @@ def test_adaptive_independent_of_concurrency_and_blocks(tmp_path, syn):
     assert _labels(tmp_path / "b4.jsonl", 0.25) == _labels(tmp_path / "e4.jsonl", 0.25)
     assert s4["requests"] < s1["requests"] and s4["rollouts"] > s1["rollouts"]  # the trade --first-round makes
     assert s1["tokens"] > s1["rollouts"] > 0
+    with pytest.raises(InputError, match=r"--threshold must be in \[0, 1\), got 1.0"):
+        annotate_file(str(syn), "synthetic", str(tmp_path / "x.jsonl"), **{**kw, "threshold": 1.0})
     with pytest.raises(InputError, match=r"first_round=1 \(now 4\)"):
         annotate_file(str(syn), "synthetic", str(tmp_path / "c1.jsonl"), first_round=4, **kw)
 

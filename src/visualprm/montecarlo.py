@@ -446,6 +446,8 @@ def annotate_file(
     for name, v in sizes.items():
         if v < 1:
             raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {v}", field=name)
+    if not 0.0 <= threshold < 1.0:
+        raise InputError(f"--threshold must be in [0, 1), got {threshold}", field="threshold")
     spec = policy if isinstance(policy, str) else getattr(policy, "name", type(policy).__name__)
     if isinstance(policy, str):
         parse_policy_spec(policy)

@@ -100,7 +100,7 @@ def adaptive_steps(
                 got = yield {i: next(e for e in ends if e >= counts.get(i, (0, 0))[1] + need(i)) for i in pending}
                 counts.update(got)
                 pending = [i for i in pending if need(i)]
-            want = inner.send({i: counts[i] for i in want})
+            want = inner.send({i: counts.get(i, (0, 0)) for i in want})
     except StopIteration as e:
         labels = e.value
     out: list[tuple] = []
