@@ -68,6 +68,52 @@ def test_adaptive_generator_rounds_and_bounds():
     ]
 
 
+def test_adaptive_early_stop_settles_the_zero():
+    """tau = 0.25 with K = 4 (t = 1), blocks of 1: a '-' is known after 3 failures, but early-stop must know
+    whether mc = 0, so a step without a success is drawn to the end; after that zero the rest are inferred."""
+    outcomes = {0: [1, 1, 0, 0], 1: [0, 0, 0, 0], 2: [1, 1, 1, 1]}
+    g = adaptive_steps("adaptive-early-stop", 4, True, 4, 0.25, 1, strategy_steps)
+    asked, want = [], next(g)
+    try:
+        while True:
+            asked.append(dict(want))
+            want = g.send({i: (sum(outcomes[i][:n]), n) for i, n in want.items()})
+    except StopIteration as e:
+        labels = e.value
+    assert asked == [{0: 2}, {1: 2}, {1: 4}]  # after 2 failures: 2 successes or 2 failures settle it
+    assert labels == [(1.0, 2, 2, 0.5, 1.0), (0.0, 0, 4), (0.0, 0, 0), (0.0, 0, 0)]
+
+
+def test_adaptive_over_http_equals_synthetic(tmp_path, syn):
+    """The openai backend gets one request per block with its own seed: the same files as the synthetic policy."""
+    from fake_openai import FakeOpenAI
+
+    from visualprm.schema import read_jsonl, resolve_images
+
+    probs = []
+    for loc, r in list(read_jsonl(syn))[:3]:
+        r["images"] = resolve_images(r["images"], loc, syn.parent)
+        probs.append(r)
+    write_jsonl(tmp_path / "p.jsonl", probs)
+    fake = FakeOpenAI(probs)
+    url = fake.start()
+    kw = {"rollouts": 4, "seed": 2, "progress": False, "strategy": "adaptive", "first_round": 2}
+    try:
+        annotate_file(str(tmp_path / "p.jsonl"), f"openai:syn@{url}", str(tmp_path / "o.jsonl"), **kw)
+    finally:
+        fake.stop()
+    annotate_file(str(tmp_path / "p.jsonl"), "synthetic", str(tmp_path / "s.jsonl"), **kw)
+    drop = ("policy", "annotate")
+    strip = [
+        json.dumps({k: v for k, v in r.items() if k not in drop}, sort_keys=True) for r in lines(tmp_path / "o.jsonl")
+    ]
+    ref = [
+        json.dumps({k: v for k, v in r.items() if k not in drop}, sort_keys=True) for r in lines(tmp_path / "s.jsonl")
+    ]
+    assert sorted(strip) == sorted(ref)
+    assert {b["n"] for b in fake.bodies if b["messages"][-1]["role"] == "assistant"} <= {1, 2}
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Identical labels to the strategy each adaptive one shortens (the synthetic task)
 
