@@ -3,7 +3,8 @@
 For every problem: sample N solutions from a policy (one request, `n=N`), split each into steps (at most
 `max_steps`), check its final answer, and estimate for the step prefixes `steps[:i+1]` the chance that the
 policy, continuing from there, reaches a correct answer: `mc_i = n_correct / n_total` over K continuations
-(drawn in blocks, sequential.py; the continued text is `prefix + continuation`, checked like a solution).
+(requests of `first_round` of them, sequential.py; the continued text is `prefix + continuation`, checked
+like a solution).
 
 Strategies, and what each step's `n_correct` / `n_total` mean (m steps; K = `--rollouts`):
 
@@ -19,7 +20,6 @@ Strategies, and what each step's `n_correct` / `n_total` mean (m steps; K = `--r
   (`n_total = K`). The other steps are inferred (`n_total = 0`): before the first zero, `mc` is copied from the
   nearest measured step after it (a lower bound if mc only falls along a solution), so for a correct solution
   every step gets 1.0; from the first zero on, `mc = 0`.
-
 - `adaptive`, `adaptive-early-stop`, `adaptive-binary`: the same three, drawing each prefix's continuations
   block by block until its value label at `threshold` (and for the last two, whether mc = 0) is decided: the
   same labels at a fraction of the rollouts; a step stopped before K is a bound (`mc_bound`, sequential.py).
@@ -30,8 +30,9 @@ binary = K * ceil(log2(m)) at most, 0 for correct solutions.
 Resume and determinism: each problem's lines are appended with one write when it is finished; every line
 carries `solution_index` and `problem_solutions` (lines written for its problem), so a re-run drops a torn last
 line and an incomplete problem, and skips finished ones. Every request's seed is derived from the run seed, the
-problem id and the (solution, step, block) it serves, so results do not depend on `--concurrency`, on the shard, on the
-strategy (strategies share the rollouts they both make) or on where a run was interrupted. Problems are processed
+problem id and the (solution, step, block) it serves, so results do not depend on `--concurrency`, on the
+shard, on the strategy (strategies with the same `first_round` share the rollouts they both make) or on where a
+run was interrupted. Problems are processed
 `concurrency` at a time in lock-step rounds: each round sends every pending request of those problems to the
 policy in one `generate` call (batched in hf/vllm, concurrent HTTP in openai).
 
