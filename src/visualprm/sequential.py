@@ -97,9 +97,11 @@ def adaptive_steps(
         while True:
             pending = [i for i in want if need(i)]
             while pending:  # each round: the fewest blocks that can settle each step
-                got = yield {i: next(e for e in ends if e >= counts.get(i, (0, 0))[1] + need(i)) for i in pending}
+                before = {i: counts.get(i, (0, 0))[1] for i in pending}
+                got = yield {i: next(e for e in ends if e >= before[i] + need(i)) for i in pending}
                 counts.update(got)
-                pending = [i for i in pending if need(i)]
+                # a policy that returned nothing for a step would be asked again forever: stop there
+                pending = [i for i in pending if need(i) and counts[i][1] > before[i]]
             want = inner.send({i: counts.get(i, (0, 0)) for i in want})
     except StopIteration as e:
         labels = e.value
