@@ -19,6 +19,10 @@ Labels (REFERENCE.md §3), from the Monte-Carlo estimates `mc_i` of the steps:
 - `soft`: the gpt turns hold the value labels and `mc` keeps the estimates, which `train` uses as soft targets.
 - `--orm`: one human turn with all steps joined by blank lines and one label from the last step's mc.
 
+Steps annotated by an adaptive strategy may be bounds (`mc_bound`, `mc_range`; sequential.py): value labels use
+them where the threshold lies outside the range (always at the annotate run's threshold); soft and advantage
+labels, which need the mc of all K rollouts, refuse them with one line.
+
 Image paths are written relative to the output file's folder (as `annotate` does), so the output folder can be
 moved with its images. Records whose question or steps contain the literal text `<image>` are dropped (it would
 be read as an image slot); with `dedup`, so are exact repeats (same question, images and steps: sampling repeats
@@ -122,9 +126,12 @@ def build_records(
         raise InputError(f"unknown label kind {labels!r} (expected one of {', '.join(LABEL_KINDS)})", field="labels")
     if orm and labels == "advantage":
         raise InputError("advantage labels need steps; with --orm use --labels value or soft", field="labels")
+    from .sequential import check_bounds
+
     recs = []
     for loc, raw in items:
         rec = annotated(raw, loc)
+        check_bounds(raw.get("steps") or [], labels, threshold, loc, orm)  # adaptive annotation (sequential.py)
         base = Path(loc.path).parent if loc.path else None
         rec["_abs_images"] = resolve_images(rec["images"], loc, base, image_root)
         recs.append((loc, rec))

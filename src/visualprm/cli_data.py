@@ -62,6 +62,8 @@ def _cmd_annotate(a: argparse.Namespace) -> int:
             splitter=a.splitter,
             image_root=a.image_root,
             policy_options=opts,
+            first_round=a.first_round,
+            threshold=a.threshold,
         )
     except ServerUnavailable as e:
         print(f"visualprm annotate: error: {e}; finished problems are saved: re-run to resume", file=sys.stderr)
@@ -143,9 +145,25 @@ def add_data_commands(sub) -> None:
     p.add_argument("--max-steps", type=_positive_int, default=12, help="at most this many steps per solution (12)")
     p.add_argument(
         "--strategy",
-        choices=("all", "early-stop", "binary"),
+        choices=("all", "early-stop", "binary", "adaptive", "adaptive-early-stop", "adaptive-binary"),
         default="all",
-        help="all: every step; early-stop: stop at the first mc=0; binary: binary search for it (default all)",
+        help="all: every step; early-stop: stop at the first mc=0; binary: binary search for it; adaptive[-X]: "
+        "the same labels at --threshold as all [X], drawing a step's rollouts only until its label is decided "
+        "(default all)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.0,
+        help="adaptive: the value-label threshold (+ iff mc > it) to decide; recorded, use it in build-data (0.0)",
+    )
+    p.add_argument(
+        "--first-round",
+        type=_positive_int,
+        default=None,
+        help="continuations per request (block); the adaptive strategies draw them block by block: larger means "
+        "fewer requests and rounds, more rollouts. Same N, same continuations in every strategy "
+        "(default: 1 for adaptive, K otherwise)",
     )
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (1.0)")
     p.add_argument("--top-k", type=int, default=50, help="top-k sampling, 0 = off (hosted APIs need 0) (50)")

@@ -3,7 +3,8 @@
 For every problem: sample N solutions from a policy (one request, `n=N`), split each into steps (at most
 `max_steps`), check its final answer, and estimate for the step prefixes `steps[:i+1]` the chance that the
 policy, continuing from there, reaches a correct answer: `mc_i = n_correct / n_total` over K continuations
-(one request with `n=K`; the continued text is `prefix + continuation`, checked like a solution).
+(requests of `first_round` of them, sequential.py; the continued text is `prefix + continuation`, checked
+like a solution).
 
 Strategies, and what each step's `n_correct` / `n_total` mean (m steps; K = `--rollouts`):
 
@@ -19,6 +20,9 @@ Strategies, and what each step's `n_correct` / `n_total` mean (m steps; K = `--r
   (`n_total = K`). The other steps are inferred (`n_total = 0`): before the first zero, `mc` is copied from the
   nearest measured step after it (a lower bound if mc only falls along a solution), so for a correct solution
   every step gets 1.0; from the first zero on, `mc = 0`.
+- `adaptive`, `adaptive-early-stop`, `adaptive-binary`: the same three, drawing each prefix's continuations
+  block by block until its value label at `threshold` (and for the last two, whether mc = 0) is decided: the
+  same labels at a fraction of the rollouts; a step stopped before K is a bound (`mc_bound`, sequential.py).
 
 So rollouts per solution: all = K(m-1); early-stop = K(f+1) for a first zero at f < m-1, else K(m-1);
 binary = K * ceil(log2(m)) at most, 0 for correct solutions.
@@ -26,8 +30,9 @@ binary = K * ceil(log2(m)) at most, 0 for correct solutions.
 Resume and determinism: each problem's lines are appended with one write when it is finished; every line
 carries `solution_index` and `problem_solutions` (lines written for its problem), so a re-run drops a torn last
 line and an incomplete problem, and skips finished ones. Every request's seed is derived from the run seed, the
-problem id and the (solution, step) it serves, so results do not depend on `--concurrency`, on the shard, on the
-strategy (strategies share the rollouts they both make) or on where a run was interrupted. Problems are processed
+problem id and the (solution, step, block) it serves, so results do not depend on `--concurrency`, on the
+shard, on the strategy (strategies with the same `first_round` share the rollouts they both make) or on where a
+run was interrupted. Problems are processed
 `concurrency` at a time in lock-step rounds: each round sends every pending request of those problems to the
 policy in one `generate` call (batched in hf/vllm, concurrent HTTP in openai).
 
@@ -48,12 +53,12 @@ from typing import Any
 
 from .policy import GenRequest, Policy
 from .schema import InputError, append_jsonl, read_jsonl, repair_torn_tail, write_jsonl
-from .steps import join_steps
+from .sequential import ADAPTIVE, adaptive_steps, draw_rounds, step_record
 
-STRATEGIES = ("all", "early-stop", "binary")
+STRATEGIES = ("all", "early-stop", "binary", *ADAPTIVE)
 # Options that must match when resuming into an existing output file.
 RUN_KEYS = ("policy", "solutions", "rollouts", "max_steps", "strategy", "temperature", "top_k", "top_p")
-RUN_KEYS += ("max_tokens", "seed", "prompt", "checker", "splitter")
+RUN_KEYS += ("max_tokens", "seed", "prompt", "checker", "splitter", "first_round", "threshold")
 MC_BINS = ((0.0, 0.0, "0"), (0.0, 0.25, "(0,.25]"), (0.25, 0.5, "(.25,.5]"), (0.5, 0.75, "(.5,.75]"))
 MC_BINS += ((0.75, 1.0, "(.75,1)"), (1.0, 1.0, "1"))
 
@@ -140,10 +145,16 @@ def annotate_problem(
     check: Callable[[str, dict], dict],
     split: Callable[[str, int], list[str]],
     sampling: dict,
+    first_round: int | None = None,
+    threshold: float = 0.0,
+    count_tokens: Callable[[str], int] | None = None,
 ) -> Generator[list[GenRequest], list[list[str]], dict]:
     """Label one problem: yields the requests of each round, receives their texts, returns
-    `{"solutions": [...], "rollouts", "rollouts_unparsed", "empty"}` where each solution is
-    `{"index", "response", "verdict", "steps", "labels", "rollouts"}`."""
+    `{"solutions": [...], "rollouts", "rollouts_unparsed", "empty", "tokens", "requests"}` where each solution
+    is `{"index", "response", "verdict", "steps", "labels", "rollouts", "tokens", "requests"}` (tokens and
+    requests of its rollouts). Continuations are drawn in blocks of `first_round` (default 1 for the adaptive
+    strategies, else K; sequential.py); `threshold` is the value-label threshold the adaptive strategies decide."""
+    first_round = first_round or (1 if strategy in ADAPTIVE else rollouts)
     pid = problem["id"]
     req = GenRequest(problem, "", n=solutions, seed=derive_seed(seed, pid, "solutions"), **sampling)
     texts = (yield [req])[0]
@@ -154,42 +165,19 @@ def annotate_problem(
             empty += 1
             continue
         verdict = check(text, problem)
-        gen = strategy_steps(strategy, len(steps), bool(verdict["correct"]))
-        sol = {"index": j, "response": text, "verdict": verdict, "steps": steps, "rollouts": 0, "gen": gen}
-        _advance(sol, None)
-        sols.append(sol)
-    n_roll = n_unparsed = 0
-    while True:
-        active = [s for s in sols if "labels" not in s]
-        if not active:
-            break
-        reqs, owners = [], []
-        for s in active:
-            for i in s["want"]:
-                prefix = join_steps(s["steps"][: i + 1])
-                r_seed = derive_seed(seed, pid, s["index"], i)
-                reqs.append(GenRequest(problem, prefix, n=rollouts, seed=r_seed, **sampling))
-                owners.append((s, i, prefix))
-        outs = yield reqs
-        results: dict[int, Measure] = {}
-        for (s, i, prefix), conts in zip(owners, outs):
-            verdicts = [check(prefix + c, problem) for c in conts]
-            results.setdefault(id(s), {})[i] = (sum(bool(v["correct"]) for v in verdicts), len(verdicts))
-            n_unparsed += sum(not v.get("parsed", True) for v in verdicts)
-            n_roll += len(conts)
-            s["rollouts"] += len(conts)
-        for s in active:
-            _advance(s, results.get(id(s), {}))
-    for s in sols:
-        del s["gen"], s["want"]
-    return {"solutions": sols, "rollouts": n_roll, "rollouts_unparsed": n_unparsed, "empty": empty}
+        if strategy in ADAPTIVE:
+            gen = adaptive_steps(strategy, len(steps), bool(verdict["correct"]), rollouts, threshold, first_round,
+                                 strategy_steps)  # fmt: skip
+        else:
+            gen = strategy_steps(strategy, len(steps), bool(verdict["correct"]))
+        sols.append({"index": j, "response": text, "verdict": verdict, "steps": steps, "gen": gen})
 
+    def seed_of(sol: int, i: int, start: int) -> int:  # block 0 keeps the seed of one request per prefix
+        return derive_seed(seed, pid, sol, i, *([start] if start else []))
 
-def _advance(sol: dict, measured: Measure | None) -> None:
-    try:
-        sol["want"] = next(sol["gen"]) if measured is None else sol["gen"].send(measured)
-    except StopIteration as e:
-        sol["labels"], sol["want"] = e.value, []
+    n_unparsed = yield from draw_rounds(problem, sols, rollouts, first_round, seed_of, check, sampling, count_tokens)
+    totals = {k: sum(s[k] for s in sols) for k in ("rollouts", "tokens", "requests")}
+    return {"solutions": sols, **totals, "rollouts_unparsed": n_unparsed, "empty": empty}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -313,7 +301,9 @@ def read_done(out: Path, run: dict) -> tuple[set[str], int]:
     dropped = int(repair_torn_tail(out) > 0)
     groups: dict[str, list[dict]] = {}
     for loc, rec in read_jsonl(out):
-        old = rec.get("annotate") or {}
+        old = dict(rec.get("annotate") or {})
+        old.setdefault("first_round", old.get("rollouts"))  # files from before blocks: one block of K
+        old.setdefault("threshold", 0.0)
         diff = [k for k in RUN_KEYS if k != "policy" and old.get(k) != run.get(k)]
         if _policy_key(str(old.get("policy"))) != _policy_key(str(run["policy"])):
             diff.insert(0, "policy")
@@ -354,10 +344,10 @@ def _records(problem: dict, result: dict, prompt: str, run: dict, out_dir: Path)
             "correct": bool(v["correct"]),
             "parsed": bool(v.get("parsed", True)),
             "extracted": v.get("extracted"),
-            "steps": [
-                {"text": t, "mc": mc, "n_correct": c, "n_total": n} for t, (mc, c, n) in zip(s["steps"], s["labels"])
-            ],
+            "steps": [step_record(t, lab) for t, lab in zip(s["steps"], s["labels"])],
             "num_mc_sequences": s["rollouts"],
+            "num_mc_tokens": s.get("tokens", 0),
+            "num_mc_requests": s.get("requests", 0),
             "solution_index": s["index"],
             "problem_solutions": len(sols),
         }
@@ -396,8 +386,13 @@ def summarize(out: str | os.PathLike) -> dict:
         "mc_histogram": {name: hist[name] for _, _, name in MC_BINS},
         "rollouts": sum(r.get("num_mc_sequences", 0) for r in recs),
         "inferred_steps": sum(st.get("n_total") == 0 for st in steps),
+        "bounded_steps": sum(bool(st.get("mc_bound")) for st in steps),
+        "tokens": sum(r.get("num_mc_tokens", 0) for r in recs),
+        "requests": sum(r.get("num_mc_requests", 0) for r in recs),
     }
-    gold = [(st["mc"] > 0, g) for r in recs for st, g in zip(r["steps"], r.get("gold_step_correct") or [])]
+    tau = recs[0]["annotate"].get("threshold", 0.0) if recs and isinstance(recs[0].get("annotate"), dict) else 0.0
+    s["threshold"] = tau
+    gold = [(st["mc"] > tau, g) for r in recs for st, g in zip(r["steps"], r.get("gold_step_correct") or [])]
     if gold:
         s["label_agreement_with_gold"] = sum(a == b for a, b in gold) / len(gold)
     return s
@@ -428,11 +423,15 @@ def annotate_file(
     image_root: str | None = None,
     policy_options: dict | None = None,
     progress: bool = True,
+    first_round: int | None = None,
+    threshold: float = 0.0,
 ) -> dict:
     """Annotate every problem of `problems` (this shard) into `out` (appended, resumable); returns the summary.
 
     `policy`: a spec (`synthetic`, `hf:PATH`, `openai:MODEL@URL`, `vllm:PATH_OR_ID`) or a Policy object.
     `policy_options`: extra keyword arguments for `load_policy` (retries, timeout, api_key, device, ...).
+    `first_round`: continuations per block (sequential.py; default 1 for the adaptive strategies, else K);
+    `threshold`: the value-label threshold the adaptive strategies decide (recorded; use it in build-data).
     """
     from .answers import load_checker
     from .policy import ANSWER_FORMATS, load_policy, parse_policy_spec
@@ -443,9 +442,13 @@ def annotate_file(
         raise InputError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}", field="strategy")
     if prompt not in ANSWER_FORMATS:
         raise InputError(f"unknown prompt {prompt!r}; choose from {', '.join(ANSWER_FORMATS)}", field="prompt")
-    for name, v in (("solutions", solutions), ("rollouts", rollouts), ("max_steps", max_steps)):
+    first_round = first_round or (1 if strategy in ADAPTIVE else rollouts)
+    sizes = {"solutions": solutions, "rollouts": rollouts, "max_steps": max_steps, "first_round": first_round}
+    for name, v in sizes.items():
         if v < 1:
             raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {v}", field=name)
+    if not 0.0 <= threshold < 1.0:
+        raise InputError(f"--threshold must be in [0, 1), got {threshold}", field="threshold")
     spec = policy if isinstance(policy, str) else getattr(policy, "name", type(policy).__name__)
     if isinstance(policy, str):
         parse_policy_spec(policy)
@@ -459,6 +462,7 @@ def annotate_file(
     run = {"policy": spec, "solutions": solutions, "rollouts": rollouts, "max_steps": max_steps}
     run.update(strategy=strategy, temperature=temperature, top_k=top_k, top_p=top_p, max_tokens=max_tokens)
     run.update(seed=seed, prompt=prompt, checker=checker, splitter=splitter)
+    run.update(first_round=min(first_round, rollouts), threshold=float(threshold))
     lock = _lock(out_path)
     try:
         done, dropped = read_done(out_path, run)
@@ -489,9 +493,11 @@ def _run(policy, todo, out_path, run, check, split, concurrency, progress) -> di
     from tqdm import tqdm
 
     from .policy import policy_prompt
+    from .sequential import token_counter
 
     sampling = {"temperature": run["temperature"], "top_k": run["top_k"], "top_p": run["top_p"]}
     sampling["max_tokens"] = run["max_tokens"]
+    count_tokens = token_counter(policy)
     stats = Counter()
     t0 = time.time()
     bar = tqdm(total=len(todo), desc="annotate", unit="problem", file=sys.stderr, disable=not progress or None)
@@ -507,6 +513,9 @@ def _run(policy, todo, out_path, run, check, split, concurrency, progress) -> di
             check=check,
             split=split,
             sampling=sampling,
+            first_round=run["first_round"],
+            threshold=run["threshold"],
+            count_tokens=count_tokens,
         )
 
     def tick() -> None:
@@ -517,6 +526,8 @@ def _run(policy, todo, out_path, run, check, split, concurrency, progress) -> di
         append_jsonl(out_path, _records(p, result, policy_prompt(p, run["prompt"]), run, out_path.parent))
         stats["problems_done"] += 1
         stats["rollouts"] += result["rollouts"]
+        stats["tokens"] += result["tokens"]
+        stats["requests"] += result["requests"]
         stats["rollouts_unparsed"] += result["rollouts_unparsed"]
         stats["empty_responses"] += result["empty"]
         tick()
@@ -541,6 +552,8 @@ def _run(policy, todo, out_path, run, check, split, concurrency, progress) -> di
             "problems_done": stats["problems_done"],
             "failed_problems": stats["failed_problems"],
             "rollouts": stats["rollouts"],
+            "tokens": stats["tokens"],
+            "requests": stats["requests"],
             "rollouts_unparsed": stats["rollouts_unparsed"],
             "empty_responses": stats["empty_responses"],
             "seconds": round(elapsed, 2),
@@ -577,16 +590,22 @@ def _print_summary(s: dict, out: str) -> None:
     r = s["this_run"]
     print(f"annotated {s['problems']} problems -> {out} (shard {s['shard']})")
     print(
-        f"  this run: {r['problems_done']} problems, {r['rollouts']} rollouts in {r['seconds']:.1f}s "
+        f"  this run: {r['problems_done']} problems, {r['rollouts']} rollouts ({r['tokens']} tokens, "
+        f"{r['requests']} requests) in {r['seconds']:.1f}s "
         f"({r['rollouts_per_second']} rollouts/s); resumed {s['resumed_problems']} finished problems; "
         f"skipped {s['bad_problems']} bad and {r['failed_problems']} failed problems"
     )
     print(
-        f"  solutions {s['solutions']}, steps {s['steps']} ({s['inferred_steps']} inferred), pass rate "
+        f"  solutions {s['solutions']}, steps {s['steps']} ({s['inferred_steps']} inferred, {s['bounded_steps']} "
+        f"bounds), pass rate "
         f"{100 * s['pass_rate']:.1f}%, unparsed answers: {s['unparsed_solutions']} solutions, "
         f"{r['rollouts_unparsed']} rollouts this run; empty responses {r['empty_responses']}"
     )
-    print(f"  rollouts used: {s['rollouts']} ({s['rollouts'] / max(s['solutions'], 1):.1f} per solution)")
+    print(
+        f"  rollouts used: {s['rollouts']} ({s['rollouts'] / max(s['solutions'], 1):.1f} per solution); generated "
+        f"tokens {s['tokens']}, requests {s['requests']}"
+    )
     print("  mc histogram: " + " | ".join(f"{k}: {v}" for k, v in s["mc_histogram"].items()))
     if "label_agreement_with_gold" in s:
-        print(f"  value labels (mc > 0) agree with gold_step_correct on {100 * s['label_agreement_with_gold']:.1f}%")
+        tau, agree = s["threshold"], 100 * s["label_agreement_with_gold"]
+        print(f"  value labels (mc > {tau:g}) agree with gold_step_correct on {agree:.1f}%")
