@@ -234,7 +234,7 @@ def format_table(ev: dict) -> str:
 
 
 def _load_problems(input_path, limit, max_steps, splitter):
-    from .steps import load_splitter
+    from .schema import load_splitter
 
     split = load_splitter(splitter) if splitter is None or isinstance(splitter, str) else splitter
     problems = []
