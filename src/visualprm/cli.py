@@ -105,6 +105,7 @@ def _cmd_bench(a: argparse.Namespace) -> int:
             fmt=a.format,
             subset=a.subset,
             limit=a.limit,
+            sample=a.sample,
             bootstrap=a.bootstrap,
             image_root=a.image_root,
             no_image=a.no_image,
@@ -381,9 +382,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout", type=float, default=0.5, help="with --threshold auto: fraction held out")
     p.add_argument("--format", choices=("visualprocessbench", "processbench"), default=None, help="default: detect")
     p.add_argument("--subset", default=None, help="ProcessBench subset name (default: the file name)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N records of each file")
+    p.add_argument("--limit", type=_positive_int, default=None, help="only the first N records of each file")
+    p.add_argument(
+        "--sample",
+        type=_positive_int,
+        default=None,
+        help="a seeded sample of N records in all, stratified: every file/subset, source and class (erroneous and "
+        "correct) in it, the rest in proportion (--seed)",
+    )
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CIs (0: none)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the bootstrap and the held-out split")
+    p.add_argument("--seed", type=int, default=0, help="seed for the bootstrap, the held-out split and --sample")
     p.add_argument("--image-root", default=None, help="folder for relative image paths (default: the file's)")
     p.add_argument("--no-image", action="store_true", help="score without the images (text-only PRM or judge)")
     p.add_argument("--concurrency", type=_positive_int, default=8, help="judge requests in flight")
