@@ -702,9 +702,12 @@ def run_bench(
     schema.write_jsonl(out / "samples.jsonl", samples)
     schema.write_json(out / "results.json", results)
     if report:
-        from .report import bench_report
+        from .report import bench_report, report_images
 
-        bench_report(results, samples, [(it["question"], it["steps"]) for it in items], out / "report.html")
+        texts = [
+            (it["question"], it["steps"], report_images(it["images"], it["base_dir"], image_root)) for it in items
+        ]
+        bench_report(results, samples, texts, out / "report.html")
     print(format_table(results))
     print(f"wrote {out / 'results.json'}, {out / 'samples.jsonl'}" + (f", {out / 'report.html'}" if report else ""))
     return 0
