@@ -106,6 +106,33 @@ def training_curve_png(log: list[dict]) -> bytes | None:
     return data
 
 
+# The figures of train's summary (details.json "train") shown under the curve.
+TRAIN_FIGURES = {
+    "examples_train": "training conversations",
+    "labels_train": "supervised labels",
+    "global_step": "optimizer steps",
+    "train_loss": "mean training loss",
+    "train_seconds": "training seconds",
+}
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.1f}" if abs(v) >= 10 else f"{v:.4f}"
+    return str(v)
+
+
+def _targets_table(rows: list[list[str]]) -> str:
+    """The targets with a green ✓ or a red ✗."""
+    body = "".join(
+        f'<tr><td class="text">{escape(what)}</td><td>{escape(shown)}</td>'
+        f'<td class="text {"ok" if mark.startswith("✓") else "bad"}">{escape(mark)}</td></tr>'
+        for what, shown, mark in rows
+    )
+    head = '<tr><th class="text">target</th><th>measured</th><th class="text">result</th></tr>'
+    return f'<div class="wide"><table>{head}{body}</table></div>'
+
+
 def _link(d: Path, rel: str, what: str) -> str:
     if not (d / rel).is_file():
         return f"<li>{escape(what)}: not written ({escape(rel)})</li>"
@@ -126,7 +153,7 @@ def write_demo_report(d: Path, results: dict, details: dict, bon_res: dict) -> N
         _link(d, "bench_blank/report.html", "the same with blank images: the text-only reference"),
         "</ul>",
         "<h2>Targets</h2>",
-        table(["target", "measured", ""], target_rows(results, details)),
+        _targets_table(target_rows(results, details)),
     ]
     png = bon_curve_png(bon_res["curves"], None, "prm_mean", bon_res["accuracy"]["pass@1"])
     body.append(f"<h2>Best-of-{b['n']} on held-out problems</h2>" + img(png, "Best-of-N curve"))
@@ -148,8 +175,9 @@ def write_demo_report(d: Path, results: dict, details: dict, bon_res: dict) -> N
     curve = training_curve_png(json.loads(log_path.read_text())) if log_path.is_file() else None
     body.append("<h2>Training</h2>" + (img(curve, "training curve") if curve else "<p>no train_log.json</p>"))
     summary = details.get("train") or {}
-    if summary:
-        body.append(f'<p class="meta">{escape(json.dumps(summary))}</p>')
+    shown = [(k, summary[k]) for k in TRAIN_FIGURES if summary.get(k) is not None]
+    if shown:
+        body.append(table(["training", ""], [[TRAIN_FIGURES[k], _fmt(v)] for k, v in shown]))
     m = results["mc"]
     body.append(
         f"<h2>Monte-Carlo labels</h2><p>agreement of the value labels with the ground truth: "

@@ -39,9 +39,10 @@ td:first-child,th:first-child{text-align:left}
 .step{white-space:pre-wrap;font-size:13px;padding:4px 6px;margin:3px 0;border-radius:4px}
 .tag{font-family:monospace;font-size:12px;float:right;margin-left:8px}
 .meta{color:#666;font-size:12px;overflow-wrap:anywhere}img.plot{max-width:100%;border:1px solid #eee}
-.thumbs{float:right;margin:0 0 6px 10px}.thumbs img{height:112px;border:1px solid #ccc;margin-left:4px}
-.nothumb{font-size:11px;color:#999;border:1px dashed #ccc;padding:4px}
-.sol::after{content:"";display:block;clear:both}
+.solrow{display:flex;gap:12px;align-items:flex-start}.solmain{flex:1;min-width:0}
+.thumbs{flex:none;display:flex;flex-direction:column;gap:4px}.thumbs img{height:112px;border:1px solid #ccc}
+.nothumb{font-size:11px;color:#999;border:1px dashed #ccc;padding:4px}td.text,th.text{text-align:left}
+.ok{color:#1a7f1a;font-weight:600}.bad{color:#c62828;font-weight:600}
 pre{white-space:pre-wrap;overflow-wrap:anywhere;font-size:12px;background:#f7f7f7;padding:8px}
 .wide{overflow-x:auto;max-width:100%}
 """
@@ -127,9 +128,23 @@ def _pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}"
 
 
+def _td(c) -> str:
+    """A cell: numbers (and n/a) right-aligned, text left-aligned."""
+    text = str(c).strip()
+    try:
+        float(text.rstrip("%"))
+        numeric = True
+    except ValueError:
+        numeric = text in ("", "n/a", "-")
+    return f"<td>{_e(c)}</td>" if numeric else f'<td class="text">{_e(c)}</td>'
+
+
 def table(header: list[str], rows: list[list]) -> str:
-    h = "".join(f"<th>{_e(c)}</th>" for c in header)
-    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for r in rows)
+    text_cols = {i for i, c in enumerate(rows[0]) if 'class="text"' in _td(c)} if rows else set()
+    h = "".join(
+        f'<th class="text">{_e(c)}</th>' if i in text_cols else f"<th>{_e(c)}</th>" for i, c in enumerate(header)
+    )
+    body = "".join("<tr>" + "".join(_td(c) for c in r) + "</tr>" for r in rows)
     return f'<div class="wide"><table><tr>{h}</tr>{body}</table></div>'
 
 
@@ -182,9 +197,9 @@ def solution_html(
 ) -> str:
     """One solution: its image(s) as thumbnails, each step on a background coloured by its score, with its score
     and gold label."""
-    parts = [f'<div class="sol"><div class="meta">{_e(title)} {_e(note)}</div>']
-    if images:
-        parts.append('<div class="thumbs">' + "".join(thumbnail(p) for p in images[:4]) + "</div>")
+    parts = [
+        f'<div class="sol"><div class="meta">{_e(title)} {_e(note)}</div><div class="solrow"><div class="solmain">'
+    ]
     parts.append(f'<div class="q">{_e(question[:600])}{"…" if len(question) > 600 else ""}</div>')
     names = {1: "gold ✓", -1: "gold ✗", 0: "gold neutral"}  # labels as VisualProcessBench writes them
     for k, (s, sc) in enumerate(zip(steps, scores)):
@@ -195,7 +210,10 @@ def solution_html(
             f'<div class="step" style="background:{step_colour(sc)}"><span class="tag">{_e(tag)}</span>'
             f"<b>{k + 1}.</b> {_e(s)}</div>"
         )
-    parts.append("</div>")
+    parts.append("</div>")  # solmain
+    if images:
+        parts.append('<div class="thumbs">' + "".join(thumbnail(p) for p in images[:4]) + "</div>")
+    parts.append("</div></div>")
     return "".join(parts)
 
 
