@@ -31,6 +31,7 @@ def test_every_default_is_in_the_help(name):
     assert p.description, f"`visualprm {name}` has no description"
     checked = 0
     for a in p._actions:
+        assert a.help, f"{name} {a.option_strings or a.dest} has no help"
         if not shows_default(a):
             continue
         default = a.default

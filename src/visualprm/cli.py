@@ -27,7 +27,12 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         "--no-system-prompt", action="store_true", help="leave out the VisualPRM system prompt (on by default)"
     )
     p.add_argument("--batch-size", type=_positive_int, default=8, help="solutions per forward pass")
-    p.add_argument("--max-length", type=int, default=None, help="fail on sequences longer than this many tokens")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="fail on sequences longer than this many tokens (default: no limit)",
+    )
     p.add_argument(
         "--label-mode",
         choices=("auto", "value", "advantage"),
@@ -269,7 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aggregate", choices=AGGREGATES, default="mean", help="step scores -> one score")
     p.add_argument("--image-root", default=None, help="folder for relative image paths (default: the input's)")
     p.add_argument("--max-steps", type=int, default=12, help="when splitting a response: at most this many steps")
-    p.add_argument("--splitter", default=None, help="custom step splitter: blank|markers|re:PATTERN|module:function")
+    p.add_argument(
+        "--splitter",
+        default=None,
+        help="custom step splitter: blank|markers|re:PATTERN|module:function (default: blank)",
+    )
     _add_model_options(p)
     p.set_defaults(func=_cmd_score)
 
@@ -288,16 +297,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aggregate", choices=AGGREGATES, default="mean", help="aggregate used for the pick")
     p.add_argument("--image-root", default=None, help="folder for relative image paths (default: the input's)")
     p.add_argument("--max-steps", type=int, default=12, help="at most this many steps per response")
-    p.add_argument("--splitter", default=None, help="custom step splitter: blank|markers|re:PATTERN|module:function")
+    p.add_argument(
+        "--splitter",
+        default=None,
+        help="custom step splitter: blank|markers|re:PATTERN|module:function (default: blank)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for random subsets and the random pick")
     p.add_argument("--limit", type=int, default=None, help="only the first N problems")
     p.add_argument("--subsets", type=_positive_int, default=32, help="random subsets per N on the curves")
-    p.add_argument("--checker", default=None, help="your own answer checker: module:function or file.py:function")
+    p.add_argument(
+        "--checker",
+        default=None,
+        help="your own answer checker: module:function or file.py:function (default: built-in)",
+    )
     p.add_argument(
         "--no-share-prefix", action="store_true", help="score every candidate in full (no prefix-shared groups)"
     )
     p.add_argument(
-        "--max-batch-tokens", type=_positive_int, default=None, help="prefix sharing: rows x tokens per batch bound"
+        "--max-batch-tokens",
+        type=_positive_int,
+        default=None,
+        help="prefix sharing: rows x tokens per batch bound (default: none)",
     )
     p.add_argument("--no-image", action="store_true", help="score without the images (text-only scorer)")
     p.add_argument("--concurrency", type=_positive_int, default=8, help="judge requests in flight")
@@ -448,7 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--prompt", choices=("final-answer", "boxed"), default="final-answer", help="answer format asked for"
     )
     p.add_argument("--checker", default=None, help="answer checker module:function or file.py:function (built-in)")
-    p.add_argument("--splitter", default=None, help="bon: step splitter blank|markers|re:PATTERN|module:function")
+    p.add_argument(
+        "--splitter", default=None, help="bon: step splitter blank|markers|re:PATTERN|module:function (default: blank)"
+    )
     p.add_argument("--image-root", default=None, help="folder for relative image paths (default: the input's)")
     p.add_argument("--api-key", default=None, help="--prm URL: the service's key (default $VISUALPRM_API_KEY)")
     p.add_argument("--retries", type=int, default=6, help="openai: retries per request")

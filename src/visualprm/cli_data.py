@@ -120,7 +120,9 @@ def add_data_commands(sub) -> None:
         help="answer check for every record; auto: per record from mode, question_type, options, answer_type, "
         "source and the gold answer's form",
     )
-    p.add_argument("--checker", default=None, help="your own checker: module:function or file.py:function")
+    p.add_argument(
+        "--checker", default=None, help="your own checker: module:function or file.py:function (default: built-in)"
+    )
     p.add_argument(
         "--choice-fallback",
         choices=("none", "closest"),
@@ -161,12 +163,14 @@ def add_data_commands(sub) -> None:
         "--prompt", choices=("final-answer", "boxed"), default="final-answer", help="answer format asked for"
     )
     p.add_argument("--checker", default=None, help="answer checker module:function or file.py:function (built-in)")
-    p.add_argument("--splitter", default=None, help="step splitter: blank|markers|re:PATTERN|module:function")
+    p.add_argument(
+        "--splitter", default=None, help="step splitter: blank|markers|re:PATTERN|module:function (default: blank)"
+    )
     p.add_argument("--image-root", default=None, help="folder for relative image paths (default: the input's)")
     p.add_argument("--retries", type=int, default=6, help="openai: retries per request on 429/5xx/timeouts")
     p.add_argument("--timeout", type=float, default=600.0, help="openai: seconds per request")
-    p.add_argument("--device", default=None, help="hf: torch device")
-    p.add_argument("--dtype", default=None, help="hf: float32, bfloat16 or float16")
+    p.add_argument("--device", default=None, help="hf: torch device (default: cuda if available, else cpu)")
+    p.add_argument("--dtype", default=None, help="hf: float32, bfloat16 or float16 (default: bf16 on CUDA, else fp32)")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="hf: sequences per generate call")
     p.set_defaults(func=_cmd_annotate)
 
