@@ -40,7 +40,8 @@ td:first-child,th:first-child{text-align:left}
 .tag{font-family:monospace;font-size:12px;float:right;margin-left:8px}
 .meta{color:#666;font-size:12px;overflow-wrap:anywhere}img.plot{max-width:100%;border:1px solid #eee}
 .solrow{display:flex;gap:12px;align-items:flex-start}.solmain{flex:1;min-width:0}
-.thumbs{flex:none;display:flex;flex-direction:column;gap:4px}.thumbs img{height:112px;border:1px solid #ccc}
+.thumbs{flex:none;display:flex;flex-direction:column;gap:4px}
+.thumbs img{max-width:224px;max-height:160px;border:1px solid #ccc}
 .nothumb{font-size:11px;color:#999;border:1px dashed #ccc;padding:4px}td.text,th.text{text-align:left}
 .ok{color:#1a7f1a;font-weight:600}.bad{color:#c62828;font-weight:600}
 pre{white-space:pre-wrap;overflow-wrap:anywhere;font-size:12px;background:#f7f7f7;padding:8px}
@@ -280,6 +281,13 @@ def bon_report(results: dict, shown: list[dict], path: str | Path, curve_png: by
     _atomic(path, page("Best-of-N report", body))
 
 
+def _question(texts: list | None, i: int):
+    """What makes two records the same question: its text and its images."""
+    if not texts:
+        return i
+    return texts[i][0], tuple(texts[i][2]) if len(texts[i]) > 2 and texts[i][2] else ()
+
+
 def _pick_examples(samples: list[dict], kind: str, k: int = 6, texts: list | None = None) -> list[int]:
     """Up to k distinct records, each of a different question where there are enough (a benchmark may hold
     several solutions of one question): half with a wrong step (where the critic has work to do), then the
@@ -295,8 +303,7 @@ def _pick_examples(samples: list[dict], kind: str, k: int = 6, texts: list | Non
         for i in pool:
             if len(chosen) >= limit:
                 return
-            question = texts[i][0] if texts else i
-            if i in chosen or (distinct and any((texts[j][0] if texts else j) == question for j in chosen)):
+            if i in chosen or (distinct and any(_question(texts, j) == _question(texts, i) for j in chosen)):
                 continue
             chosen.append(i)
 
