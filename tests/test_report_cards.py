@@ -6,8 +6,11 @@ import base64
 import html
 import io
 import json
+import os
 import re
+import subprocess
 
+import pytest
 from PIL import Image
 
 from visualprm import bench, report
@@ -132,3 +135,42 @@ def test_demo_report_page(tmp_path):
     pngs = _images(text)
     assert len(pngs) == 2  # the Best-of-N curve and the training curve
     assert "Training (from prm/train_log.json)" not in text  # (the title is inside the PNG)
+
+
+CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if os.path.exists(p)), None)
+PROBE = (
+    '<script>document.body.setAttribute("data-sw", document.documentElement.scrollWidth + "," + '
+    "document.documentElement.clientWidth)</script></body>"
+)
+
+
+def _page_width(tmp_path, page_html: str, width: int = 640) -> tuple[int, int]:
+    """(scroll width, window width) of the page laid out by headless Chromium in a `width`-pixel window."""
+    probe = tmp_path / "probe.html"
+    probe.write_text(page_html.replace("</body>", PROBE))
+    flags = "--headless --no-sandbox --disable-gpu --no-first-run --disable-background-networking"
+    flags += f" --disable-dev-shm-usage --window-size={width},900 --dump-dom"
+    cmd = [CHROMIUM, *flags.split(), f"--user-data-dir={tmp_path / 'profile'}", probe.as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    scroll, client = re.search(r'data-sw="(\d+),(\d+)"', dom).groups()
+    return int(scroll), int(client)
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (apt-get install chromium)")
+def test_pages_have_no_horizontal_overflow_in_chromium(tmp_path):
+    results, details = _demo_results()
+    details["commands"] = {"train": ["visualprm train --data " + "/a/very/long/path" * 30 + " --out x"]}
+    details["config"] = {"base_model": "/b" * 200}
+    methods = list(METHODS)
+    bon_res = {"curves": {"n": [1, 8], "prm_mean": [0.4, 0.6], "subsets": 2},
+               "accuracy": {m: 0.5 for m in methods}, "methods": methods}  # fmt: skip
+    write_demo_report(tmp_path, results, details, bon_res)
+    scroll, client = _page_width(tmp_path, (tmp_path / "report.html").read_text())
+    assert scroll <= client, f"the demo page is {scroll} px wide in a {client} px window"
+    path, scores = _vpb_bench(tmp_path)
+    assert bench.run_bench([str(path)], str(tmp_path / "b"), scores=str(scores), bootstrap=0) == 0
+    scroll, client = _page_width(tmp_path, (tmp_path / "b" / "report.html").read_text())
+    assert scroll <= client, f"the bench page is {scroll} px wide in a {client} px window"
+    wide = report.page("t", ['<div style="width:2000px">x</div>'])  # the probe sees an overflow when there is one
+    assert _page_width(tmp_path, wide)[0] > 1500
