@@ -28,12 +28,12 @@ EXPECTED = {
     "overall": {"f1_correct": F(10, 14), "f1_incorrect": F(1, 2), "macro_f1": F(17, 28)},
     "by_source": {
         "MathVision": F(17, 35),  # TP2 FN1 FP2 TN1: (4/7 + 2/5) / 2
-        "unknown": F(1, 2),  # TP3: F1(correct) 1, F1(incorrect) 0/0 -> 0
+        "unknown": None,  # TP3 only: no wrong step, so no F1(incorrect) and no macro-F1 (not a misleading 1/2)
         "WeMath": F(1, 3),  # TN1 FN1: (0 + 2/3) / 2
     },
     "by_policy": {"GPT-4o": F(1), "Claude": F(1, 6)},  # Claude: TP0 FN2 FP2 TN1 -> (0 + 2/6) / 2
-    # weighted by records over sources with scorable steps: (2*17/35 + 1/2 + 1/3) / 4
-    "weighted": F(2, 4) * F(17, 35) + F(1, 4) * F(1, 2) + F(1, 4) * F(1, 3),
+    # weighted by records over sources with a macro-F1 (both classes): (2*17/35 + 1/3) / 3
+    "weighted": F(2, 3) * F(17, 35) + F(1, 3) * F(1, 3),
 }
 
 
@@ -66,12 +66,17 @@ def test_vpb_metric_hand_computed(tmp_path):
     for k, v in EXPECTED["overall"].items():
         assert o[k] == pytest.approx(float(v), abs=1e-12)
     for src, v in EXPECTED["by_source"].items():
-        assert m["by_source"][src]["macro_f1"] == pytest.approx(float(v), abs=1e-12)
+        assert m["by_source"][src]["macro_f1"] == (v if v is None else pytest.approx(float(v), abs=1e-12))
+    unknown = m["by_source"]["unknown"]
+    assert (
+        unknown["f1_correct"] == 1.0 and unknown["f1_incorrect"] is None and "no wrong steps" in unknown["undefined"]
+    )
     assert m["by_source"]["DynaMath"]["macro_f1"] is None and m["by_source"]["DynaMath"]["n_steps"] == 0
+    assert "no scorable steps" in m["by_source"]["DynaMath"]["undefined"]
     for pol, v in EXPECTED["by_policy"].items():
         assert m["by_policy"][pol]["macro_f1"] == pytest.approx(float(v), abs=1e-12)
     assert o["macro_f1_weighted"] == pytest.approx(float(EXPECTED["weighted"]), abs=1e-12)
-    assert o["macro_f1_source_mean"] == pytest.approx(float((F(17, 35) + F(1, 2) + F(1, 3)) / 3), abs=1e-12)
+    assert o["macro_f1_source_mean"] == pytest.approx(float((F(17, 35) + F(1, 3)) / 2), abs=1e-12)
 
 
 def _independent_macro_f1(labels, scores, thr):

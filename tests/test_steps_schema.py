@@ -5,10 +5,10 @@ import json
 import pytest
 
 from visualprm import schema
+from visualprm.schema import load_splitter
 from visualprm.steps import (
     PRM_SYSTEM_PROMPT,
     conversation_to_turns,
-    load_splitter,
     prm_messages,
     split_step_markers,
     split_steps,

@@ -3,14 +3,17 @@ and the `bench` job that scores a benchmark with a PRM, an MLLM judge or a file 
 
 VisualProcessBench (REFERENCE.md §7): neutral steps (label 0) are left out; a step is predicted correct when its
 score is >= the threshold (a tie counts as correct); TP/FP/FN/TN are pooled over all steps of all records; F1 is
-computed with "correct" and with "incorrect" as the positive class and macro-F1 is their mean. An F1 whose
-denominator is zero (the class neither occurs nor is predicted) is 0, as scikit-learn returns. Beside the pooled
+computed with "correct" and with "incorrect" as the positive class and macro-F1 is their mean. A group (a
+source, a policy) with no gold step of a class has no F1 for that class and no macro-F1 (None, shown n/a, with
+the reason in `undefined`), where scikit-learn would return a misleading 0. Beside the pooled
 figure we report `macro_f1_weighted`: the per-source macro-F1 averaged with each source weighted by its number of
 records (the third-party convention), and `macro_f1_source_mean` (unweighted mean over sources).
 
 ProcessBench (§8): the prediction is the first step whose score is below the threshold (-1 when none is); per
 subset the accuracy on erroneous samples (prediction == label) and on correct ones (prediction == -1), F1 their
-harmonic mean; `average_f1` is the mean over the subsets given.
+harmonic mean; `average_f1` is the mean over the subsets given. A subset without one of the classes has no F1
+(`undefined` says why); `--sample N` draws a seeded sample that holds both classes of every subset and source
+(sampling.py), where `--limit N` (the first N records) may hold erroneous samples only.
 
 Steps are scored exactly as the benchmark gives them, never re-split. `--threshold auto` picks the threshold that
 maximises the headline metric on a seeded held-out part of the records and reports the metrics on the rest only.
@@ -109,13 +112,27 @@ def _pb_item(rec: dict, loc: Loc) -> dict:
     }
 
 
-def load_bench(paths: list[str], fmt: str | None = None, subset: str | None = None, limit: int | None = None):
+def load_bench(
+    paths: list[str],
+    fmt: str | None = None,
+    subset: str | None = None,
+    limit: int | None = None,
+    sample: int | None = None,
+    seed: int = 0,
+):
     """Read benchmark files into items `{file, index, gpos, id, kind, question, images, steps, step_labels | label,
-    source, policy, subset, base_dir}`. `limit` applies per file; `gpos` is the record's position in the
-    concatenation of the full files (to match a scores file written for all records)."""
+    source, policy, subset, base_dir}`. `limit`: the first N records of each file; `sample`: a seeded sample of N
+    records in all, stratified by subset, source and class (`record_class`), so every one of them is in it;
+    `gpos` is the record's position in the concatenation of the full files (to match a scores file written for
+    all records)."""
     files = bench_files(paths)
     if subset and len(files) > 1:
         raise InputError("--subset names one file's subset; give one --bench file with it")
+    if limit is not None and sample is not None:
+        raise InputError("give --limit (the first N records of each file) or --sample (N records in all), not both")
+    for name, v in (("--limit", limit), ("--sample", sample)):
+        if v is not None and v < 1:
+            raise InputError(f"{name} must be >= 1, got {v}")
     items: list[dict] = []
     kinds = set()
     gpos = 0
@@ -144,7 +161,18 @@ def load_bench(paths: list[str], fmt: str | None = None, subset: str | None = No
         raise InputError("no benchmark records", files[0] if files else None)
     if len(kinds) > 1:
         raise InputError("the --bench files mix VisualProcessBench and ProcessBench records; run them separately")
+    if sample is not None:
+        from .sampling import stratified_sample
+
+        keep = stratified_sample([(it["subset"], it["source"], record_class(it)) for it in items], sample, seed)
+        items = [items[i] for i in keep]
     return items, gpos
+
+
+def record_class(item: dict) -> str:
+    """`erroneous` (VisualProcessBench: a step labelled -1; ProcessBench: label != -1) or `correct`."""
+    wrong = -1 in item["step_labels"] if item["kind"] == VPB else item["label"] != -1
+    return "erroneous" if wrong else "correct"
 
 
 def scores_from_file(path: str, items: list[dict], n_full: int) -> list[list[float]]:
@@ -226,12 +254,15 @@ def step_counts(labels: list[int], scores: list[float], threshold: float) -> tup
 
 
 def vpb_from_counts(tp: int, fp: int, fn: int, tn: int) -> dict:
+    """Metrics of pooled counts. A class with no gold step in the group has no F1 (None, not 0: the F1 of a class
+    that never occurs says nothing), and then neither has macro-F1; `undefined` says why."""
     n = tp + fp + fn + tn
-    fc, fi = f1(tp, fp, fn), f1(tn, fn, fp)
-    return {
-        "macro_f1": (fc + fi) / 2 if n else None,
-        "f1_correct": fc if n else None,
-        "f1_incorrect": fi if n else None,
+    fc = f1(tp, fp, fn) if tp + fn else None
+    fi = f1(tn, fn, fp) if fp + tn else None
+    out = {
+        "macro_f1": (fc + fi) / 2 if fc is not None and fi is not None else None,
+        "f1_correct": fc,
+        "f1_incorrect": fi,
         "accuracy": (tp + tn) / n if n else None,
         "n_steps": n,
         "n_correct": tp + fn,
@@ -241,6 +272,13 @@ def vpb_from_counts(tp: int, fp: int, fn: int, tn: int) -> dict:
         "fn": fn,
         "tn": tn,
     }
+    if not n:
+        out["undefined"] = "no scorable steps (all neutral or none): no F1"
+    elif fi is None:
+        out["undefined"] = "no wrong steps in this group: F1-incorrect and macro-F1 need both classes"
+    elif fc is None:
+        out["undefined"] = "no correct steps in this group: F1-correct and macro-F1 need both classes"
+    return out
 
 
 def vpb_metrics(items: list[dict], scores: list[list[float]], threshold: float) -> dict:
@@ -285,7 +323,14 @@ def pb_from_matches(labels: list[int], preds: list[int]) -> dict:
         f = None
     else:
         f = 2 * a1 * a2 / (a1 + a2) if a1 + a2 else 0.0
-    return {"f1": f, "acc_error": a1, "acc_correct": a2, "n": len(labels), "n_error": len(err), "n_correct": len(cor)}
+    out = {"f1": f, "acc_error": a1, "acc_correct": a2, "n": len(labels), "n_error": len(err), "n_correct": len(cor)}
+    if a1 is None or a2 is None:
+        missing = "erroneous" if a1 is None else "correct"
+        out["undefined"] = (
+            f"no {missing} samples in the selection: acc. on {missing} samples and F1 undefined "
+            "(--sample N keeps both classes)"
+        )
+    return out
 
 
 def pb_metrics(items: list[dict], scores: list[list[float]], threshold: float) -> dict:
@@ -298,6 +343,10 @@ def pb_metrics(items: list[dict], scores: list[list[float]], threshold: float) -
         out[name] = pb_from_matches([items[i]["label"] for i in idx], [preds[i] for i in idx])
     f1s = [m["f1"] for m in out.values() if m["f1"] is not None]
     out["average_f1"] = sum(f1s) / len(f1s) if f1s else None
+    if not f1s:
+        out["average_f1_undefined"] = "no subset has both erroneous and correct samples in the selection"
+    elif len(f1s) < len(subsets):
+        out["average_f1_over"] = [k for k, m in out.items() if isinstance(m, dict) and m["f1"] is not None]
     return out
 
 
@@ -433,12 +482,37 @@ def bootstrap_pb(items, scores, threshold: float, b: int, seed: int) -> dict:
 
 
 def _pct(x) -> str:
-    return "   -  " if x is None else f"{100 * x:6.1f}"
+    return "   n/a" if x is None else f"{100 * x:6.1f}"
+
+
+def _undefined_notes(results: dict) -> list[str]:
+    """One line per group whose metric is undefined (n/a in the table), saying why."""
+    if results["format"] == VPB:
+        groups = [("overall", results["overall"])]
+        groups += [(f"source {k}", v) for k, v in results["by_source"].items()]
+        groups += [(f"policy {k}", v) for k, v in results["by_policy"].items()]
+    else:
+        pb = results["processbench"]
+        groups = [(k, m) for k, m in pb.items() if isinstance(m, dict)]
+        if pb.get("average_f1_undefined"):
+            groups.append(("average F1", {"undefined": pb["average_f1_undefined"]}))
+        elif pb.get("average_f1_over"):
+            groups.append(("average F1", {"undefined": "the mean over " + ", ".join(pb["average_f1_over"])}))
+    return [f"n/a  {name}: {m['undefined']}" for name, m in groups if m.get("undefined")]
 
 
 def format_table(results: dict) -> str:
-    """The printed table (percentages)."""
+    """The printed table (percentages); n/a where a metric is undefined, with the reason below the table."""
     lines = []
+    c = results.get("counts", {})
+    if c.get("by_class"):
+        classes = ", ".join(f"{v} {k}" for k, v in c["by_class"].items())
+        if results["config"].get("sample"):
+            lines.append(f"{c['records']} records, a seeded stratified sample of {c['available_records']} ({classes})")
+        elif results["config"].get("limit"):
+            lines.append(f"{c['records']} records, the first {results['config']['limit']} of each file ({classes})")
+        else:
+            lines.append(f"{c['records']} records ({classes})")
     if results["format"] == VPB:
         lines.append(f"{'':28s} {'macroF1':>7s} {'F1+':>6s} {'F1-':>6s} {'steps':>7s}")
         rows = [("overall", results["overall"])]
@@ -467,6 +541,7 @@ def format_table(results: dict) -> str:
                 )
         lines.append(f"{'average F1':16s} {'':7s} {'':7s} {_pct(pb['average_f1'])}")
     lines.append(f"threshold {results['threshold']:.4g}" + (" (auto)" if results.get("threshold_auto") else ""))
+    lines += _undefined_notes(results)
     return "\n".join(lines)
 
 
@@ -480,6 +555,7 @@ def run_bench(
     fmt: str | None = None,
     subset: str | None = None,
     limit: int | None = None,
+    sample: int | None = None,
     bootstrap: int = 1000,
     image_root: str | None = None,
     no_image: bool = False,
@@ -514,7 +590,7 @@ def run_bench(
     if auto and not 0 < heldout < 1:
         raise InputError(f"--heldout must be between 0 and 1, got {heldout}")
     t0 = time.time()
-    items, n_full = load_bench(benches, fmt, subset, limit)
+    items, n_full = load_bench(benches, fmt, subset, limit, sample, seed)
     kind = items[0]["kind"]
 
     if scores is not None:
@@ -566,6 +642,7 @@ def run_bench(
             **source,
             "threshold": "auto" if auto else threshold,
             "limit": limit,
+            "sample": sample,
             "bootstrap": bootstrap,
             "seed": seed,
             "no_image": no_image,
@@ -575,6 +652,8 @@ def run_bench(
         "threshold_auto": tuned,
         "counts": {
             "records": len(items),
+            "available_records": n_full,
+            "by_class": {k: sum(record_class(it) == k for it in items) for k in ("erroneous", "correct")},
             "evaluated_records": len(ev),
             "steps": sum(len(it["steps"]) for it in items),
         },
@@ -623,9 +702,12 @@ def run_bench(
     schema.write_jsonl(out / "samples.jsonl", samples)
     schema.write_json(out / "results.json", results)
     if report:
-        from .report import bench_report
+        from .report import bench_report, report_images
 
-        bench_report(results, samples, [(it["question"], it["steps"]) for it in items], out / "report.html")
+        texts = [
+            (it["question"], it["steps"], report_images(it["images"], it["base_dir"], image_root)) for it in items
+        ]
+        bench_report(results, samples, texts, out / "report.html")
     print(format_table(results))
     print(f"wrote {out / 'results.json'}, {out / 'samples.jsonl'}" + (f", {out / 'report.html'}" if report else ""))
     return 0

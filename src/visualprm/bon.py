@@ -234,7 +234,7 @@ def format_table(ev: dict) -> str:
 
 
 def _load_problems(input_path, limit, max_steps, splitter):
-    from .steps import load_splitter
+    from .schema import load_splitter
 
     split = load_splitter(splitter) if splitter is None or isinstance(splitter, str) else splitter
     problems = []
@@ -386,6 +386,8 @@ def bon_file(
             [s[0] for s in g] for g in _score_all(orm_engine, problems, image_root, no_image, True, desc="ORM")
         ]
 
+    from .report import report_images
+
     out = Path(out_dir)
     picks, eval_records, samples, shown = [], [], [], []
     for i, (p, ss) in enumerate(zip(problems, step_scores)):
@@ -413,6 +415,7 @@ def bon_file(
                         "steps": p["_steps"][best],
                         "scores": ss[best],
                         "correct": flags[best],
+                        "images": report_images(p["images"], Path(p["_loc"].path).parent, image_root),
                     }
                 )
     schema.write_jsonl(out / "picks.jsonl", picks)

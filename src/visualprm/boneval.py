@@ -439,7 +439,8 @@ def bon_eval(
 
 def add_bon_eval_command(sub) -> None:
     """`visualprm bon-eval`."""
-    from .cli import _positive_int
+    from .cli_common import POLICY_HELP
+    from .cli_common import positive_int as _positive_int
 
     p = sub.add_parser("bon-eval", help="Best-of-N on the paper's reasoning benchmarks, each with its own metric")
     p.description = (
@@ -451,23 +452,25 @@ def add_bon_eval_command(sub) -> None:
     )
     p.add_argument("--benchmark", action="append", required=True, metavar="NAME=PATH",
                    help=f"a benchmark file (repeatable); NAME one of {', '.join(evalsets.BENCHMARKS)}")  # fmt: skip
-    p.add_argument("--policy", required=True, help="policy spec: openai:MODEL@URL, hf:PATH, vllm:ID, py:MOD:FACTORY")
+    p.add_argument("--policy", required=True, help=POLICY_HELP)
     p.add_argument("--prm", help="PRM folder or http(s):// URL of `visualprm serve`")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--n", type=_positive_int, default=8, help="candidates per item (default 8)")
+    p.add_argument("--n", type=_positive_int, default=8, help="candidates per item")
     p.add_argument("--limit", type=_positive_int, help="first K items (seed questions / composite problems)")
     p.add_argument("--sample", type=_positive_int, help="K items drawn at random (seeded) per benchmark")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=0.7, help="candidates 1..N-1 (default 0.7)")
-    p.add_argument("--top-p", type=float, default=0.95, help="candidates 1..N-1 (default 0.95)")
-    p.add_argument("--max-tokens", type=_positive_int, default=4096)
-    p.add_argument("--prompt", default="final-answer", help="answer format: final-answer (default) or boxed")
+    p.add_argument("--seed", type=int, default=0, help="run seed; sampling and --sample derive from it")
+    p.add_argument("--temperature", type=float, default=0.7, help="candidates 1..N-1")
+    p.add_argument("--top-p", type=float, default=0.95, help="candidates 1..N-1")
+    p.add_argument("--max-tokens", type=_positive_int, default=4096, help="new tokens per candidate")
+    p.add_argument(
+        "--prompt", choices=("final-answer", "boxed"), default="final-answer", help="answer format asked for"
+    )
     p.add_argument("--concurrency", type=_positive_int, default=8, help="items per policy call")
-    p.add_argument("--max-steps", type=_positive_int, default=12)
+    p.add_argument("--max-steps", type=_positive_int, default=12, help="at most this many steps per candidate")
     p.add_argument("--splitter", help="step splitter spec (default: blank lines)")
     p.add_argument("--orm", action="store_true", help="also the PRM on the whole solution as one step (ORM row)")
-    p.add_argument("--aggregate", default="mean", help="the Best-of-N row's aggregate (default mean)")
-    p.add_argument("--stages", default="all", help="stop after: sample, score, evaluate/all (default all)")
+    p.add_argument("--aggregate", default="mean", help="the Best-of-N row's aggregate")
+    p.add_argument("--stages", default="all", help="stop after: sample, score, evaluate/all")
     p.add_argument("--no-report", action="store_true", help="skip report.html")
     p.set_defaults(func=_cmd)
 

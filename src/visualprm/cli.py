@@ -13,17 +13,11 @@ import sys
 import time
 
 from .boneval import add_bon_eval_command
+from .cli_common import POLICY_HELP, add_config_options, use_defaults_help
+from .cli_common import positive_int as _positive_int
 from .cli_data import add_data_commands
 from .convert import add_convert_command
 from .schema import InputError
-
-
-def _positive_int(s: str) -> int:
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
 
 AGGREGATES = ("mean", "min", "max", "last", "prod")
 
@@ -34,14 +28,24 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-system-prompt", action="store_true", help="leave out the VisualPRM system prompt (on by default)"
     )
-    p.add_argument("--batch-size", type=_positive_int, default=8, help="solutions per forward pass (default 8)")
-    p.add_argument("--max-length", type=int, default=None, help="fail on sequences longer than this many tokens")
-    p.add_argument("--max-tiles", type=_positive_int, default=None, help="InternVL: at most N image tiles")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="solutions per forward pass")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="fail on sequences longer than this many tokens (default: no limit)",
+    )
+    p.add_argument(
+        "--max-tiles",
+        type=_positive_int,
+        default=None,
+        help="InternVL: at most N image tiles (default: the folder's max_dynamic_patch)",
+    )
     p.add_argument(
         "--label-mode",
         choices=("auto", "value", "advantage"),
         default="auto",
-        help="value: P(+); advantage: P(+) - P(-); auto: what the checkpoint records (default value)",
+        help="value: P(+); advantage: P(+) - P(-); auto: what the checkpoint records (else value)",
     )
 
 
@@ -114,6 +118,7 @@ def _cmd_bench(a: argparse.Namespace) -> int:
             fmt=a.format,
             subset=a.subset,
             limit=a.limit,
+            sample=a.sample,
             bootstrap=a.bootstrap,
             image_root=a.image_root,
             no_image=a.no_image,
@@ -274,10 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prm", required=True, help="PRM folder (model + processor), or a hub id where online")
     p.add_argument("--input", required=True, help="JSONL of solutions")
     p.add_argument("--out", required=True, help="output JSONL (written atomically)")
-    p.add_argument("--aggregate", choices=AGGREGATES, default="mean", help="step scores -> one score (mean)")
+    p.add_argument("--aggregate", choices=AGGREGATES, default="mean", help="step scores -> one score")
     p.add_argument("--image-root", default=None, help="folder for relative image paths (default: the input's)")
     p.add_argument("--max-steps", type=int, default=12, help="when splitting a response: at most this many steps")
-    p.add_argument("--splitter", default=None, help="custom step splitter: blank|markers|re:PATTERN|module:function")
+    p.add_argument(
+        "--splitter",
+        default=None,
+        help="custom step splitter: blank|markers|re:PATTERN|module:function (default: blank)",
+    )
     _add_model_options(p)
     p.set_defaults(func=_cmd_score)
 
@@ -293,35 +302,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--input", required=True, help="JSONL: {id, images, question, answer?, responses: [..]}")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--aggregate", choices=AGGREGATES, default="mean", help="aggregate used for the pick (mean)")
+    p.add_argument("--aggregate", choices=AGGREGATES, default="mean", help="aggregate used for the pick")
     p.add_argument("--image-root", default=None, help="folder for relative image paths (default: the input's)")
     p.add_argument("--max-steps", type=int, default=12, help="at most this many steps per response")
-    p.add_argument("--splitter", default=None, help="custom step splitter: blank|markers|re:PATTERN|module:function")
+    p.add_argument(
+        "--splitter",
+        default=None,
+        help="custom step splitter: blank|markers|re:PATTERN|module:function (default: blank)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for random subsets and the random pick")
     p.add_argument("--limit", type=int, default=None, help="only the first N problems")
-    p.add_argument("--subsets", type=_positive_int, default=32, help="random subsets per N on the curves (32)")
-    p.add_argument("--checker", default=None, help="your own answer checker: module:function or file.py:function")
+    p.add_argument("--subsets", type=_positive_int, default=32, help="random subsets per N on the curves")
+    p.add_argument(
+        "--checker",
+        default=None,
+        help="your own answer checker: module:function or file.py:function (default: built-in)",
+    )
     p.add_argument(
         "--no-share-prefix", action="store_true", help="score every candidate in full (no prefix-shared groups)"
     )
     p.add_argument(
-        "--max-batch-tokens", type=_positive_int, default=None, help="prefix sharing: rows x tokens per batch bound"
+        "--max-batch-tokens",
+        type=_positive_int,
+        default=None,
+        help="prefix sharing: rows x tokens per batch bound (default: none)",
     )
     p.add_argument("--no-image", action="store_true", help="score without the images (text-only scorer)")
-    p.add_argument("--concurrency", type=_positive_int, default=8, help="judge requests in flight (8)")
+    p.add_argument("--concurrency", type=_positive_int, default=8, help="judge requests in flight")
     _add_model_options(p)
     p.set_defaults(func=_cmd_bon)
 
     p = sub.add_parser("make-tiny-model", help="build a tiny random-weight PRM of a real architecture, offline")
+    p.description = (
+        "Build a few-MB model of a real architecture (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, InternVL, LLaVA, "
+        "Idefics3) with random weights and its processor, offline, and save it as a PRM folder. Its scores mean "
+        "nothing: it is for trying the commands and for tests."
+    )
     p.add_argument("out", help="output folder")
     p.add_argument(
         "--arch",
         default="qwen2_vl",
         choices=("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl", "llava", "idefics3"),
-        help="architecture (default qwen2_vl)",
+        help="architecture",
     )
     p.add_argument("--seed", type=int, default=0, help="weight seed")
-    p.add_argument("--image-size", type=int, default=56, help="input image side in pixels (default 56)")
+    p.add_argument("--image-size", type=int, default=56, help="input image side in pixels")
     p.set_defaults(func=_cmd_make_tiny_model)
 
     add_data_commands(sub)
@@ -334,26 +359,31 @@ def build_parser() -> argparse.ArgumentParser:
         "/docs. Concurrent requests are batched together. Binds 127.0.0.1 unless --host says otherwise."
     )
     p.add_argument("--prm", required=True, help="PRM folder (model + processor)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--max-tiles", type=_positive_int, default=None, help="InternVL: at most N image tiles")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port")
+    p.add_argument(
+        "--max-tiles",
+        type=_positive_int,
+        default=None,
+        help="InternVL: at most N image tiles (default: the folder's max_dynamic_patch)",
+    )
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: $VISUALPRM_API_KEY)")
     p.add_argument("--image-root", default=None, help="folder that requests' image_paths are read from (else refused)")
     p.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs (public hosts only)")
-    p.add_argument("--max-batch-size", type=_positive_int, default=16, help="solutions per forward pass (16)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="wait for more requests to fill a batch (5)")
+    p.add_argument("--max-batch-size", type=_positive_int, default=16, help="solutions per forward pass")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="wait for more requests to fill a batch")
     p.add_argument(
         "--share-prefix",
         action="store_true",
         help="score a request's solutions as one prefix-shared group (faster; equal to ~1e-7, not bit for bit)",
     )
-    p.add_argument("--max-queue", type=_positive_int, default=4096, help="waiting solutions before 503 (4096)")
-    p.add_argument("--max-body-mb", type=float, default=20.0, help="request body limit in MiB (20)")
-    p.add_argument("--max-images", type=int, default=8, help="images per request (8)")
-    p.add_argument("--max-image-mb", type=float, default=10.0, help="one encoded image, in MiB (10)")
+    p.add_argument("--max-queue", type=_positive_int, default=4096, help="waiting solutions before 503")
+    p.add_argument("--max-body-mb", type=float, default=20.0, help="request body limit in MiB")
+    p.add_argument("--max-images", type=int, default=8, help="images per request")
+    p.add_argument("--max-image-mb", type=float, default=10.0, help="one encoded image, in MiB")
     p.add_argument("--max-image-pixels", type=_positive_int, default=4096 * 4096, help="width*height (4096^2)")
-    p.add_argument("--max-solutions", type=_positive_int, default=64, help="solutions per request (64)")
-    p.add_argument("--max-steps", type=_positive_int, default=64, help="steps per solution (64)")
+    p.add_argument("--max-solutions", type=_positive_int, default=64, help="solutions per request")
+    p.add_argument("--max-steps", type=_positive_int, default=64, help="steps per solution")
     p.add_argument("--max-tokens", type=_positive_int, default=None, help="tokens per sequence (default: no limit)")
     p.add_argument("--split-steps", type=_positive_int, default=12, help="a response splits into at most N steps")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
@@ -361,7 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-system-prompt", action="store_true", help="leave out the VisualPRM system prompt")
     p.add_argument("--label-mode", choices=("auto", "value", "advantage"), default="auto", help="as in `score`")
     p.add_argument("--torch-threads", type=_positive_int, default=None, help="CPU threads for torch (torch's default)")
-    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=("critical", "error", "warning", "info", "debug"),
+        help="server log level",
+    )
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("bench", help="evaluate a critic on VisualProcessBench or ProcessBench")
@@ -377,16 +412,25 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--scores", help='JSONL: one {"step_scores": [..]} line per benchmark record, in order')
     g.add_argument("--judge", help="an MLLM judge: openai:MODEL@URL (API key: $OPENAI_API_KEY)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--threshold", default="0.5", help="step score >= threshold = correct; 'auto': tuned (0.5)")
-    p.add_argument("--heldout", type=float, default=0.5, help="with --threshold auto: fraction held out (0.5)")
+    p.add_argument(
+        "--threshold", default="0.5", help="step score >= threshold = correct; 'auto': tuned on a held-out part"
+    )
+    p.add_argument("--heldout", type=float, default=0.5, help="with --threshold auto: fraction held out")
     p.add_argument("--format", choices=("visualprocessbench", "processbench"), default=None, help="default: detect")
     p.add_argument("--subset", default=None, help="ProcessBench subset name (default: the file name)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N records of each file")
+    p.add_argument("--limit", type=_positive_int, default=None, help="only the first N records of each file")
+    p.add_argument(
+        "--sample",
+        type=_positive_int,
+        default=None,
+        help="a seeded sample of N records in all, stratified: every file/subset, source and class (erroneous and "
+        "correct) in it, the rest in proportion (--seed)",
+    )
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CIs (0: none)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the bootstrap and the held-out split")
+    p.add_argument("--seed", type=int, default=0, help="seed for the bootstrap, the held-out split and --sample")
     p.add_argument("--image-root", default=None, help="folder for relative image paths (default: the file's)")
     p.add_argument("--no-image", action="store_true", help="score without the images (text-only PRM or judge)")
-    p.add_argument("--concurrency", type=_positive_int, default=8, help="judge requests in flight (8)")
+    p.add_argument("--concurrency", type=_positive_int, default=8, help="judge requests in flight")
     _add_model_options(p)
     p.set_defaults(func=_cmd_bench)
 
@@ -399,57 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Re-running the same command resumes from the last checkpoint in OUT/checkpoints."
     )
     p.add_argument("--config", default=None, help="YAML file of options (keys as below, underscores)")
-    p.add_argument("--data", default=None, help="training conversations JSONL")
-    p.add_argument("--model", default=None, help="base model folder or hub id")
-    p.add_argument("--out", default=None, help="output folder (the trained PRM)")
-    p.add_argument("--eval-data", dest="eval_data", default=None, help="held-out conversations (else a split)")
-    p.add_argument("--eval-split", dest="eval_split", type=float, default=None, help="problems held out (0.1)")
-    p.add_argument("--image-root", dest="image_root", default=None, help="folder for relative image paths")
-    p.add_argument(
-        "--label-mode",
-        dest="label_mode",
-        choices=("auto", "value", "advantage"),
-        default=None,
-        help="value (+/-) or advantage (+/=/-); auto: advantage iff the data has '=' (auto)",
-    )
-    p.add_argument(
-        "--label-loss",
-        dest="label_loss",
-        choices=("vocab", "labels"),
-        default=None,
-        help="hard labels: cross-entropy over the vocabulary (vocab, the paper's) or over the label tokens only "
-        "(labels; for a base model that never wrote a label token) (vocab)",
-    )
-    p.add_argument("--epochs", type=float, default=None, help="training epochs (1)")
-    p.add_argument("--max-steps", dest="max_steps", type=int, default=None, help="optimizer steps (-1: epochs)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (1e-5)")
-    p.add_argument("--batch-size", dest="batch_size", type=_positive_int, default=None, help="per device (1)")
-    p.add_argument("--grad-accum", dest="grad_accum", type=_positive_int, default=None, help="accumulation (1)")
-    p.add_argument("--max-length", dest="max_length", type=int, default=None, help="longest sequence (0: none)")
-    p.add_argument("--seed", type=int, default=None, help="seed (0)")
-    p.add_argument("--save-steps", dest="save_steps", type=_positive_int, default=None, help="checkpoint every N")
-    p.add_argument("--save-total-limit", dest="save_total_limit", type=_positive_int, default=None, help="keep N (2)")
-    p.add_argument("--logging-steps", dest="logging_steps", type=_positive_int, default=None, help="log every N")
-    p.add_argument("--eval-steps", dest="eval_steps", type=int, default=None, help="evaluate every N (0: at end)")
-    p.add_argument("--torch-dtype", dest="torch_dtype", default=None, help="weights dtype (float32)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N records")
-    p.add_argument("--deepspeed", default=None, help="DeepSpeed JSON config")
-    p.add_argument("--num-workers", dest="num_workers", type=int, default=None, help="data loader workers (0)")
-    p.add_argument("--torch-threads", dest="torch_threads", type=int, default=None, help="CPU threads (0: default)")
-    p.add_argument("--lora-r", dest="lora_r", type=_positive_int, default=None, help="LoRA rank (16)")
-    p.add_argument("--lora-alpha", dest="lora_alpha", type=_positive_int, default=None, help="LoRA alpha (32)")
-    for flag, dest, value, help_ in (
-        ("--lora", "lora", True, "LoRA adapters on the LLM (PEFT), merged on save"),
-        ("--full", "full", True, "train the vision encoder too"),
-        ("--bf16", "bf16", True, "bf16 mixed precision"),
-        ("--gradient-checkpointing", "gradient_checkpointing", True, "recompute activations (less memory)"),
-        ("--train-eot", "train_eot", True, "also supervise the end-of-turn token after each label"),
-        ("--no-soft-labels", "soft_labels", False, "ignore mc in the data (hard labels only)"),
-        ("--drop-long", "drop_long", True, "drop sequences over --max-length instead of failing"),
-        ("--no-preencode", "preencode", False, "encode in the data loader (large data), not up front"),
-        ("--overwrite", "overwrite", True, "start afresh even if OUT holds checkpoints or a trained PRM"),
-    ):
-        p.add_argument(flag, dest=dest, action="store_const", const=value, default=None, help=help_)
+    from .train import TrainConfig  # no torch: train.py imports it inside its functions
+
+    add_config_options(p, TrainConfig)  # one option per TrainConfig field, with its help and default
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("search", help="PRM-guided search: Best-of-N, step-level beam search, lookahead")
@@ -460,58 +456,65 @@ def build_parser() -> argparse.ArgumentParser:
         "and the generation cost per problem (tokens, requests, rounds, PRM calls) so methods compare at equal "
         "cost. Writes OUT/results.json and OUT/samples.jsonl and prints the table."
     )
-    p.add_argument("--policy", required=True, help="synthetic | hf:PATH | openai:MODEL@URL | vllm:PATH_OR_ID")
+    p.add_argument("--policy", required=True, help=POLICY_HELP)
     p.add_argument("--prm", required=True, help="PRM folder, or http(s)://HOST:PORT of `visualprm serve`")
     p.add_argument("--problems", required=True, help="JSONL: {id, images, question, answer, options?}")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--method", default="beam", help="bon, beam, lookahead, or a comma list of them (beam)")
-    p.add_argument("--width", type=_positive_int, default=4, help="beams kept; bon: solutions per round (4)")
-    p.add_argument("--expand", type=_positive_int, default=4, help="next steps per beam; bon: N = width x expand (4)")
+    p.add_argument("--method", default="beam", help="bon, beam, lookahead, or a comma list of them")
+    p.add_argument("--width", type=_positive_int, default=4, help="beams kept; bon: solutions per round")
+    p.add_argument("--expand", type=_positive_int, default=4, help="next steps per beam; bon: N = width x expand")
     p.add_argument("--budget", type=_positive_int, default=None, help="generated tokens per problem (no cap)")
-    p.add_argument("--lookahead", type=int, default=2, help="lookahead: steps rolled out per candidate (2)")
-    p.add_argument("--select", choices=AGGREGATES, default="last", help="rank partial solutions by (last)")
-    p.add_argument("--aggregate", choices=AGGREGATES, default="mean", help="pick the answer by (mean)")
-    p.add_argument("--step-sep", default="\\n\\n", help="step delimiter: generation stops at it (\\n\\n)")
-    p.add_argument("--max-steps", type=_positive_int, default=12, help="steps per solution at most (12)")
-    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (0.7)")
-    p.add_argument("--top-p", type=float, default=0.95, help="top-p, 0 = off (0.95)")
-    p.add_argument("--top-k", type=int, default=0, help="top-k, 0 = off (0)")
+    p.add_argument("--lookahead", type=int, default=2, help="lookahead: steps rolled out per candidate")
+    p.add_argument("--select", choices=AGGREGATES, default="last", help="rank partial solutions by")
+    p.add_argument("--aggregate", choices=AGGREGATES, default="mean", help="pick the answer by")
+    p.add_argument("--step-sep", default="\\n\\n", help="step delimiter: generation stops at it")
+    p.add_argument("--max-steps", type=_positive_int, default=12, help="steps per solution at most")
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
+    p.add_argument("--top-p", type=float, default=0.95, help="top-p, 0 = off")
+    p.add_argument("--top-k", type=int, default=0, help="top-k, 0 = off")
     p.add_argument("--lookahead-temperature", type=float, default=0.0, help="rollouts' temperature (0: greedy)")
-    p.add_argument("--max-tokens", type=_positive_int, default=4096, help="new tokens per full solution (4096)")
-    p.add_argument("--max-step-tokens", type=_positive_int, default=1024, help="new tokens per step (1024)")
+    p.add_argument("--max-tokens", type=_positive_int, default=4096, help="new tokens per full solution")
+    p.add_argument("--max-step-tokens", type=_positive_int, default=1024, help="new tokens per step")
     p.add_argument("--no-dedupe", action="store_true", help="keep identical candidate prefixes as separate beams")
     p.add_argument("--tokens", choices=("words", "prm"), default="words", help="count tokens as words or PRM tokens")
-    p.add_argument("--seed", type=int, default=0, help="run seed (0)")
+    p.add_argument("--seed", type=int, default=0, help="run seed")
     p.add_argument("--limit", type=int, default=None, help="only the first N problems")
-    p.add_argument("--concurrency", type=_positive_int, default=16, help="problems searched at once (16)")
+    p.add_argument("--concurrency", type=_positive_int, default=16, help="problems searched at once")
     p.add_argument(
         "--prompt", choices=("final-answer", "boxed"), default="final-answer", help="answer format asked for"
     )
     p.add_argument("--checker", default=None, help="answer checker module:function or file.py:function (built-in)")
-    p.add_argument("--splitter", default=None, help="bon: step splitter blank|markers|re:PATTERN|module:function")
+    p.add_argument(
+        "--splitter", default=None, help="bon: step splitter blank|markers|re:PATTERN|module:function (default: blank)"
+    )
     p.add_argument("--image-root", default=None, help="folder for relative image paths (default: the input's)")
     p.add_argument("--api-key", default=None, help="--prm URL: the service's key (default $VISUALPRM_API_KEY)")
-    p.add_argument("--retries", type=int, default=6, help="openai: retries per request (6)")
-    p.add_argument("--timeout", type=float, default=600.0, help="openai: seconds per request (600)")
-    p.add_argument("--policy-batch-size", type=_positive_int, default=8, help="hf policy: sequences per call (8)")
+    p.add_argument("--retries", type=int, default=6, help="openai: retries per request")
+    p.add_argument("--timeout", type=float, default=600.0, help="openai: seconds per request")
+    p.add_argument("--policy-batch-size", type=_positive_int, default=8, help="hf policy: sequences per call")
     _add_model_options(p)
     p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser(
         "make-base-model", help="pre-train the small base VLM that sees the synthetic domain (the demo's base)"
     )
+    p.description = (
+        "Pre-train the 2M-parameter Qwen2-VL base model that the demo fine-tunes into a PRM: phase 1 teaches it "
+        "to read the synthetic images (counts, bar values, descriptions), phase 2 to check claims about them. "
+        "Seeded; the shipped model was built with the defaults."
+    )
     p.add_argument("out", help="output folder (the shipped one is src/visualprm/assets/base-model)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the weights and the data (0)")
-    p.add_argument("--steps", type=int, default=3000, help="steps of the first phase, seeing (3000)")
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="sequences per step (32)")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the first phase (2e-3)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the weights and the data")
+    p.add_argument("--steps", type=int, default=3000, help="steps of the first phase, seeing")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="sequences per step")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the first phase")
     p.add_argument(
-        "--check-steps", type=int, default=1200, help="steps of the second phase, checking claims (1200; 0: none)"
+        "--check-steps", type=int, default=1200, help="steps of the second phase, checking claims (0: none)"
     )
     p.add_argument(
         "--init", default=None, help="start from this base model, not random weights (with --steps 0: phase 2 only)"
     )
-    p.add_argument("--check-lr", type=float, default=1e-3, help="peak learning rate of the second phase (1e-3)")
+    p.add_argument("--check-lr", type=float, default=1e-3, help="peak learning rate of the second phase")
     p.add_argument(
         "--checkpoint-every", type=int, default=0, help="also save OUT.partial every this many steps (0: never)"
     )
@@ -520,13 +523,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_make_base_model)
 
     p = sub.add_parser("demo", help="the whole VisualPRM method in miniature on the built-in task, on a CPU")
-    p.add_argument("--out", default="demo-out", help="output folder (demo-out)")
+    p.description = (
+        "Run the whole method on the built-in synthetic task: make problems, Monte-Carlo annotate, build data, "
+        "train a PRM from the shipped base model, Best-of-8 on held-out problems, and a miniature "
+        "VisualProcessBench with and without the images. Writes OUT/results.json, OUT/report.html and every "
+        "intermediate file, and prints the command of each stage."
+    )
+    p.add_argument("--out", default="demo-out", help="output folder")
     p.add_argument("--quick", action="store_true", help="smaller run for CI (<= 3 minutes on a 2-core CPU)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the problems, the policy and training (0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the problems, the policy and training")
     p.add_argument("--base", default=None, help="base model folder (default: the shipped one)")
     p.set_defaults(func=_cmd_demo)
 
     # Further commands are added below by their issues; keep one block per command.
+    use_defaults_help(parser)  # every option of every command shows its default in --help
     return parser
 
 

@@ -10,6 +10,9 @@ import argparse
 import sys
 import time
 
+from .cli_common import POLICY_HELP
+from .cli_common import positive_int as _positive_int
+
 
 def _cmd_make_synthetic(a: argparse.Namespace) -> int:
     from collections import Counter
@@ -89,8 +92,6 @@ def _cmd_build_data(a: argparse.Namespace) -> int:
 
 def add_data_commands(sub) -> None:
     """Add the data-pipeline subcommands to `visualprm`'s subparsers."""
-    from .cli import _positive_int
-
     p = sub.add_parser("make-synthetic", help="write the built-in synthetic visual task: problems + images")
     p.description = (
         "Generate counting and bar-chart problems whose answer needs the image, with exact gold answers and "
@@ -98,10 +99,10 @@ def add_data_commands(sub) -> None:
         "and OUT_DIR/images/*.png; deterministic under --seed."
     )
     p.add_argument("out_dir", help="output folder")
-    p.add_argument("--n", type=_positive_int, default=200, help="number of problems (default 200)")
-    p.add_argument("--seed", type=int, default=1, help="problem seed (default 1)")
-    p.add_argument("--image-size", type=int, default=112, help="image side in pixels (default 112)")
-    p.add_argument("--kinds", default="shapes,bars", help="comma list of image kinds: shapes, bars (default both)")
+    p.add_argument("--n", type=_positive_int, default=200, help="number of problems")
+    p.add_argument("--seed", type=int, default=1, help="problem seed")
+    p.add_argument("--image-size", type=int, default=112, help="image side in pixels")
+    p.add_argument("--kinds", default="shapes,bars", help="comma list of image kinds: shapes, bars")
     p.set_defaults(func=_cmd_make_synthetic)
 
     p = sub.add_parser("grade", help="check model answers against gold answers")
@@ -119,14 +120,16 @@ def add_data_commands(sub) -> None:
         choices=("auto", "exact", "numeric", "choice", "math", "vqa", "relaxed", "anls"),
         default="auto",
         help="answer check for every record; auto: per record from mode, question_type, options, answer_type, "
-        "source and the gold answer's form (default auto)",
+        "source and the gold answer's form",
     )
-    p.add_argument("--checker", default=None, help="your own checker: module:function or file.py:function")
+    p.add_argument(
+        "--checker", default=None, help="your own checker: module:function or file.py:function (default: built-in)"
+    )
     p.add_argument(
         "--choice-fallback",
         choices=("none", "closest"),
         default="none",
-        help="multiple choice naming no option: none = wrong (default); closest = the option nearest by edit "
+        help="multiple choice naming no option: none = wrong; closest = the option nearest by edit "
         "distance, as MathVista's official scorer does (still counted unparseable)",
     )
     p.set_defaults(func=_cmd_grade)
@@ -138,24 +141,23 @@ def add_data_commands(sub) -> None:
         "Appends problem by problem; re-running the same command resumes."
     )
     p.add_argument("--problems", required=True, help="JSONL: {id, images, question, answer, options?, source?}")
-    p.add_argument("--policy", required=True, help="synthetic | hf:PATH | openai:MODEL@URL | vllm:PATH_OR_ID")
+    p.add_argument("--policy", required=True, help=POLICY_HELP)
     p.add_argument("--out", required=True, help="output JSONL (appended; resumed when it exists)")
-    p.add_argument("--solutions", type=_positive_int, default=4, help="solutions sampled per problem (4)")
-    p.add_argument("--rollouts", type=_positive_int, default=16, help="continuations per step prefix (16)")
-    p.add_argument("--max-steps", type=_positive_int, default=12, help="at most this many steps per solution (12)")
+    p.add_argument("--solutions", type=_positive_int, default=4, help="solutions sampled per problem")
+    p.add_argument("--rollouts", type=_positive_int, default=16, help="continuations per step prefix")
+    p.add_argument("--max-steps", type=_positive_int, default=12, help="at most this many steps per solution")
     p.add_argument(
         "--strategy",
         choices=("all", "early-stop", "binary", "adaptive", "adaptive-early-stop", "adaptive-binary"),
         default="all",
         help="all: every step; early-stop: stop at the first mc=0; binary: binary search for it; adaptive[-X]: "
-        "the same labels at --threshold as all [X], drawing a step's rollouts only until its label is decided "
-        "(default all)",
+        "the same labels at --threshold as all [X], drawing a step's rollouts only until its label is decided",
     )
     p.add_argument(
         "--threshold",
         type=float,
         default=0.0,
-        help="adaptive: the value-label threshold (+ iff mc > it) to decide; recorded, use it in build-data (0.0)",
+        help="adaptive: the value-label threshold (+ iff mc > it) to decide; recorded, use it in build-data",
     )
     p.add_argument(
         "--first-round",
@@ -165,26 +167,28 @@ def add_data_commands(sub) -> None:
         "fewer requests and rounds, more rollouts. Same N, same continuations in every strategy "
         "(default: 1 for adaptive, K otherwise)",
     )
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (1.0)")
-    p.add_argument("--top-k", type=int, default=50, help="top-k sampling, 0 = off (hosted APIs need 0) (50)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    p.add_argument("--top-k", type=int, default=50, help="top-k sampling, 0 = off (hosted APIs need 0)")
     p.add_argument("--top-p", type=float, default=None, help="top-p sampling (off)")
-    p.add_argument("--max-tokens", type=_positive_int, default=4096, help="new tokens per generation (4096)")
+    p.add_argument("--max-tokens", type=_positive_int, default=4096, help="new tokens per generation")
     p.add_argument(
-        "--concurrency", type=_positive_int, default=8, help="problems at once; openai: HTTP requests in flight (8)"
+        "--concurrency", type=_positive_int, default=8, help="problems at once; openai: HTTP requests in flight"
     )
     p.add_argument("--shard", default=None, help="I/N: only problems at positions I, I+N, ... (0 <= I < N)")
-    p.add_argument("--seed", type=int, default=0, help="run seed; each problem's randomness derives from it (0)")
+    p.add_argument("--seed", type=int, default=0, help="run seed; each problem's randomness derives from it")
     p.add_argument(
         "--prompt", choices=("final-answer", "boxed"), default="final-answer", help="answer format asked for"
     )
     p.add_argument("--checker", default=None, help="answer checker module:function or file.py:function (built-in)")
-    p.add_argument("--splitter", default=None, help="step splitter: blank|markers|re:PATTERN|module:function")
+    p.add_argument(
+        "--splitter", default=None, help="step splitter: blank|markers|re:PATTERN|module:function (default: blank)"
+    )
     p.add_argument("--image-root", default=None, help="folder for relative image paths (default: the input's)")
-    p.add_argument("--retries", type=int, default=6, help="openai: retries per request on 429/5xx/timeouts (6)")
-    p.add_argument("--timeout", type=float, default=600.0, help="openai: seconds per request (600)")
-    p.add_argument("--device", default=None, help="hf: torch device")
-    p.add_argument("--dtype", default=None, help="hf: float32, bfloat16 or float16")
-    p.add_argument("--batch-size", type=_positive_int, default=8, help="hf: sequences per generate call (8)")
+    p.add_argument("--retries", type=int, default=6, help="openai: retries per request on 429/5xx/timeouts")
+    p.add_argument("--timeout", type=float, default=600.0, help="openai: seconds per request")
+    p.add_argument("--device", default=None, help="hf: torch device (default: cuda if available, else cpu)")
+    p.add_argument("--dtype", default=None, help="hf: float32, bfloat16 or float16 (default: bf16 on CUDA, else fp32)")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="hf: sequences per generate call")
     p.set_defaults(func=_cmd_annotate)
 
     p = sub.add_parser("build-data", help="annotated solutions -> PRM training conversations (VisualPRM400K layout)")
@@ -196,8 +200,8 @@ def add_data_commands(sub) -> None:
     )
     p.add_argument("--annotated", required=True, help="annotated JSONL (annotate's output or VisualPRM400K-Raw)")
     p.add_argument("--out", required=True, help="output JSONL (written atomically)")
-    p.add_argument("--labels", choices=("value", "advantage", "soft"), default="value", help="label kind (value)")
-    p.add_argument("--threshold", type=float, default=0.0, help="value/soft: + iff mc > threshold (0.0)")
+    p.add_argument("--labels", choices=("value", "advantage", "soft"), default="value", help="label kind")
+    p.add_argument("--threshold", type=float, default=0.0, help="value/soft: + iff mc > threshold")
     p.add_argument("--orm", action="store_true", help="ORM data: all steps in one turn, the last step's mc")
     p.add_argument("--no-system-prompt", action="store_true", help="leave out the VisualPRM system turn")
     p.add_argument("--image-root", default=None, help="folder for relative image paths (default: the input's)")

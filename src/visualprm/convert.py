@@ -31,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+from .model import is_original  # noqa: F401  (re-exported: convert.is_original)
 from .schema import InputError
 
 # The internvl2_5 template's default system message (used when the config has no `system_message`).
@@ -55,18 +56,6 @@ CHAT_TEMPLATE = (
 
 # ---------------------------------------------------------------------------------------------------------------
 # The original folder
-
-
-def is_original(path: str | os.PathLike) -> bool:
-    """True for a folder whose config.json says `InternVLChatModel` (the original layout)."""
-    p = Path(path) / "config.json"
-    if not p.is_file():
-        return False
-    try:
-        cfg = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return False
-    return "InternVLChatModel" in (cfg.get("architectures") or [])
 
 
 def read_original(src: str | os.PathLike) -> dict:

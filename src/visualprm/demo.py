@@ -360,9 +360,9 @@ def run_demo(
     }
     write_json(d / "results.json", results)
     write_json(d / "details.json", details)
-    from .report import page
+    from .demo_report import write_demo_report
 
-    _write_report(d, results, details, bon_res, page)
+    write_demo_report(d, results, details, bon_res)
     print(format_summary(results, details))
     print(f"\nwrote {d / 'results.json'}, {d / 'details.json'} and {d / 'report.html'} in {seconds:.0f}s")
     return results
@@ -385,42 +385,3 @@ def format_summary(results: dict, details: dict) -> str:
         "Seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in details["stage_seconds"].items()),
     ]
     return "\n".join(lines)
-
-
-def _write_report(d: Path, results: dict, details: dict, bon_res: dict, page) -> None:
-    from .report import _atomic, _pct, bon_curve_png, img, table
-
-    b, s, t = results["bon"], results["steps"], details["text_only_reference"]
-    body = [
-        "<p>The whole VisualPRM method in miniature: synthetic problems, Monte-Carlo step labels, a PRM "
-        "fine-tuned from the shipped base model, evaluated on held-out problems.</p>"
-    ]
-    png = bon_curve_png(bon_res["curves"], None, "prm_mean", bon_res["accuracy"]["pass@1"])
-    body.append("<h2>Best-of-N on held-out problems</h2>" + img(png, "Best-of-N curve"))
-    rows = [[m, _pct(bon_res["accuracy"][m])] for m in bon_res["methods"]]
-    body.append(table(["method", f"accuracy at N={b['n']} (%)"], rows))
-    rows = [
-        ["overall", f"{s['macro_f1']:.3f}", f"{t['macro_f1']:.3f}"],
-        ["perception errors", f"{s['macro_f1_perception']:.3f}", f"{t['macro_f1_perception']:.3f}"],
-        ["reasoning errors", f"{s['macro_f1_reasoning']:.3f}", f"{t['macro_f1_reasoning']:.3f}"],
-    ]
-    body.append("<h2>Step macro-F1 against the synthetic ground truth</h2>")
-    body.append(table(["steps", "PRM", "text-only reference (blank image)"], rows))
-    m = results["mc"]
-    body.append(
-        f"<h2>Monte-Carlo labels</h2><p>agreement of the value labels with the ground truth: "
-        f"{100 * m['label_agreement']:.1f}%; rollouts spent: {m['rollouts']}</p>"
-    )
-    rows = [[k, f"{v:.1f}"] for k, v in details["stage_seconds"].items()] + [["total", f"{results['seconds']:.1f}"]]
-    body.append("<h2>Stages</h2>" + table(["stage", "seconds"], rows))
-    body.append("<h2>Re-run each stage by hand</h2><pre>")
-    from html import escape
-
-    for cmds in details["commands"].values():
-        body.append("".join(escape(c) + "\n" for c in cmds))
-    body.append("</pre>")
-    body.append(
-        f'<p class="meta">config {escape(json.dumps(details["config"]))}; see also bon/report.html, '
-        "bench/report.html, bench_blank/report.html</p>"
-    )
-    _atomic(d / "report.html", page("visualprm demo", body))

@@ -151,6 +151,18 @@ def get_tokenizer(processor):
     return processor.tokenizer if hasattr(processor, "tokenizer") else processor
 
 
+def is_original(path: str | os.PathLike) -> bool:
+    """True for a folder whose config.json says `InternVLChatModel` (the original layout)."""
+    p = Path(path) / "config.json"
+    if not p.is_file():
+        return False
+    try:
+        cfg = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return "InternVLChatModel" in (cfg.get("architectures") or [])
+
+
 def load_model(path: str | os.PathLike, device: str | None = None, dtype: str | None = None):
     """Load `(model, processor)` for inference: model in eval mode on the device, in the dtype.
 
@@ -161,8 +173,6 @@ def load_model(path: str | os.PathLike, device: str | None = None, dtype: str | 
     p = Path(path)
     if not p.exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
         raise InputError("model folder not found (and HF_HUB_OFFLINE=1, so no hub download)", path, field="prm")
-    from .convert import is_original
-
     if is_original(p):
         raise InputError(
             "an original InternVL chat checkpoint (InternVLChatModel): convert it first with "

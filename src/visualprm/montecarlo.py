@@ -435,7 +435,7 @@ def annotate_file(
     """
     from .answers import load_checker
     from .policy import ANSWER_FORMATS, load_policy, parse_policy_spec
-    from .steps import load_splitter
+    from .schema import load_splitter
 
     # Everything the user can get wrong fails here, before any work.
     if strategy not in STRATEGIES:

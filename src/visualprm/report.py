@@ -2,8 +2,10 @@
 
 `bon_report`: the Best-of-N tables, the accuracy-vs-N curve (PNG made with matplotlib's Agg backend, embedded as
 base64) and a few picked solutions. `bench_report`: the critic-benchmark tables, a histogram of step scores by
-gold label, and a few solutions. In both, every step is coloured by its score (red 0 -> green 1, clipped to
-[0, 1]) and, where the gold label is known, marked with it, so a person can look instead of read.
+gold label, and a few solutions (of different questions). In both, every solution card shows its image(s) as a
+small embedded thumbnail, and every step is coloured by its score (red 0 -> green 1, clipped to [0, 1]) and,
+where the gold label is known, marked with it, so a person can look instead of read. A metric that is undefined
+(a group without one of the classes) reads "n/a", with the reason beside the table.
 
 This module computes no metrics; it only lays out what bench.py and bon.py computed.
 """
@@ -36,7 +38,14 @@ td:first-child,th:first-child{text-align:left}
 .q{white-space:pre-wrap;font-size:13px;color:#444;margin-bottom:6px}
 .step{white-space:pre-wrap;font-size:13px;padding:4px 6px;margin:3px 0;border-radius:4px}
 .tag{font-family:monospace;font-size:12px;float:right;margin-left:8px}
-.meta{color:#666;font-size:12px}img.plot{max-width:100%;border:1px solid #eee}
+.meta{color:#666;font-size:12px;overflow-wrap:anywhere}img.plot{max-width:100%;border:1px solid #eee}
+.solrow{display:flex;gap:12px;align-items:flex-start}.solmain{flex:1;min-width:0}
+.thumbs{flex:none;display:flex;flex-direction:column;gap:4px}
+.thumbs img{max-width:224px;max-height:160px;border:1px solid #ccc}
+.nothumb{font-size:11px;color:#999;border:1px dashed #ccc;padding:4px}td.text,th.text{text-align:left}
+.ok{color:#1a7f1a;font-weight:600}.bad{color:#c62828;font-weight:600}
+pre{white-space:pre-wrap;overflow-wrap:anywhere;font-size:12px;background:#f7f7f7;padding:8px}
+.wide{overflow-x:auto;max-width:100%}
 """
 
 
@@ -117,13 +126,27 @@ def _e(x) -> str:
 
 
 def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.1f}"
+    return "n/a" if x is None else f"{100 * x:.1f}"
+
+
+def _td(c) -> str:
+    """A cell: numbers (and n/a) right-aligned, text left-aligned."""
+    text = str(c).strip()
+    try:
+        float(text.rstrip("%"))
+        numeric = True
+    except ValueError:
+        numeric = text in ("", "n/a", "-")
+    return f"<td>{_e(c)}</td>" if numeric else f'<td class="text">{_e(c)}</td>'
 
 
 def table(header: list[str], rows: list[list]) -> str:
-    h = "".join(f"<th>{_e(c)}</th>" for c in header)
-    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><tr>{h}</tr>{body}</table>"
+    text_cols = {i for i, c in enumerate(rows[0]) if 'class="text"' in _td(c)} if rows else set()
+    h = "".join(
+        f'<th class="text">{_e(c)}</th>' if i in text_cols else f"<th>{_e(c)}</th>" for i, c in enumerate(header)
+    )
+    body = "".join("<tr>" + "".join(_td(c) for c in r) + "</tr>" for r in rows)
+    return f'<div class="wide"><table><tr>{h}</tr>{body}</table></div>'
 
 
 def img(png: bytes, alt: str) -> str:
@@ -135,9 +158,49 @@ def step_colour(score: float) -> str:
     return f"hsl({120 * s:.0f},70%,86%)"
 
 
-def solution_html(title: str, question: str, steps: list[str], scores: list[float], gold=None, note: str = "") -> str:
-    """One solution: each step on a background coloured by its score, with its score and gold label."""
-    parts = [f'<div class="sol"><div class="meta">{_e(title)} {_e(note)}</div>']
+def report_images(paths: list, base_dir=None, image_root=None) -> list[str]:
+    """The image paths of a record as files to show: relative ones under `image_root`, else `base_dir` (as the
+    scorers resolve them). Missing files are kept (the card says so), URLs and data URIs are left out."""
+    root = Path(image_root) if image_root else Path(base_dir) if base_dir else Path(".")
+    out = []
+    for p in paths or []:
+        if not isinstance(p, str) or p.startswith(("http://", "https://", "data:")):
+            continue
+        out.append(str(p if Path(p).is_absolute() else root / p))
+    return out
+
+
+def thumbnail(path: str | Path, side: int = 224) -> str:
+    """An <img> of the image at `path`, scaled to at most `side` pixels and embedded as PNG (a note if it cannot
+    be read)."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            im.thumbnail((side, side))
+            buf = io.BytesIO()
+            im.save(buf, format="PNG", optimize=True)
+    except Exception as e:  # the report still shows the solution
+        return f'<span class="nothumb">image {_e(Path(path).name)}: {_e(type(e).__name__)}</span>'
+    data = base64.b64encode(buf.getvalue()).decode()
+    return f'<img alt="{_e(Path(path).name)}" title="{_e(path)}" src="data:image/png;base64,{data}">'
+
+
+def solution_html(
+    title: str,
+    question: str,
+    steps: list[str],
+    scores: list[float],
+    gold=None,
+    note: str = "",
+    images: list[str] | None = None,
+) -> str:
+    """One solution: its image(s) as thumbnails, each step on a background coloured by its score, with its score
+    and gold label."""
+    parts = [
+        f'<div class="sol"><div class="meta">{_e(title)} {_e(note)}</div><div class="solrow"><div class="solmain">'
+    ]
     parts.append(f'<div class="q">{_e(question[:600])}{"…" if len(question) > 600 else ""}</div>')
     names = {1: "gold ✓", -1: "gold ✗", 0: "gold neutral"}  # labels as VisualProcessBench writes them
     for k, (s, sc) in enumerate(zip(steps, scores)):
@@ -148,7 +211,10 @@ def solution_html(title: str, question: str, steps: list[str], scores: list[floa
             f'<div class="step" style="background:{step_colour(sc)}"><span class="tag">{_e(tag)}</span>'
             f"<b>{k + 1}.</b> {_e(s)}</div>"
         )
-    parts.append("</div>")
+    parts.append("</div>")  # solmain
+    if images:
+        parts.append('<div class="thumbs">' + "".join(thumbnail(p) for p in images[:4]) + "</div>")
+    parts.append("</div></div>")
     return "".join(parts)
 
 
@@ -209,23 +275,54 @@ def bon_report(results: dict, shown: list[dict], path: str | Path, curve_png: by
         body.append("<h2>Picked solutions (steps coloured by PRM score)</h2>")
         for s in shown:
             note = "" if s.get("correct") is None else ("answer correct" if s["correct"] else "answer wrong")
-            body.append(solution_html(s["title"], s["question"], s["steps"], s["scores"], None, f"· {note}"))
+            body.append(
+                solution_html(s["title"], s["question"], s["steps"], s["scores"], None, f"· {note}", s.get("images"))
+            )
     _atomic(path, page("Best-of-N report", body))
 
 
-def _pick_examples(samples: list[dict], kind: str, k: int = 6) -> list[int]:
-    """Up to k records: those with a wrong step first (where the critic has work to do), then the rest."""
+def _question(texts: list | None, i: int):
+    """What makes two records the same question: its text and its images."""
+    if not texts:
+        return i
+    return texts[i][0], tuple(texts[i][2]) if len(texts[i]) > 2 and texts[i][2] else ()
+
+
+def _pick_examples(samples: list[dict], kind: str, k: int = 6, texts: list | None = None) -> list[int]:
+    """Up to k distinct records, each of a different question where there are enough (a benchmark may hold
+    several solutions of one question): half with a wrong step (where the critic has work to do), then the
+    others, each group in file order."""
     if kind == "visualprocessbench":
         bad = [i for i, s in enumerate(samples) if -1 in s["step_labels"]]
     else:
         bad = [i for i, s in enumerate(samples) if s["label"] != -1]
-    rest = [i for i in range(len(samples)) if i not in set(bad[: k // 2])]
-    return (bad[: k // 2] + rest)[:k]
+    good = [i for i in range(len(samples)) if i not in set(bad)]
+    chosen: list[int] = []
+
+    def take(pool: list[int], limit: int, distinct: bool) -> None:
+        for i in pool:
+            if len(chosen) >= limit:
+                return
+            if i in chosen or (distinct and any(_question(texts, j) == _question(texts, i) for j in chosen)):
+                continue
+            chosen.append(i)
+
+    take(bad, k // 2, True)  # half with a wrong step
+    take(good, k, True)  # then correct ones
+    take(bad, k, True)  # more wrong ones when there are too few correct
+    take(bad + good, k, False)  # a question twice only when there are fewer than k questions
+    return chosen
 
 
-def bench_report(results: dict, samples: list[dict], texts: list[tuple[str, list[str]]], path: str | Path) -> None:
+def _why_na(groups: list[tuple[str, dict]]) -> str:
+    """The reasons of the n/a cells of a table, one line per group."""
+    notes = [f"<li>n/a in <b>{_e(name)}</b>: {_e(m['undefined'])}</li>" for name, m in groups if m.get("undefined")]
+    return f'<ul class="meta">{"".join(notes)}</ul>' if notes else ""
+
+
+def bench_report(results: dict, samples: list[dict], texts: list[tuple], path: str | Path) -> None:
     """Critic-benchmark page: tables, a score histogram by gold label, a few solutions. `texts`: (question,
-    steps) per sample."""
+    steps) or (question, steps, image paths) per sample."""
     kind = results["format"]
     thr = results["threshold"]
     body = []
@@ -248,9 +345,11 @@ def bench_report(results: dict, samples: list[dict], texts: list[tuple[str, list
         o = results["overall"]
         rows = [row("overall (pooled)", o)]
         rows.append(["overall (per-source weighted)", _pct(o["macro_f1_weighted"]), "", "", "", ""])
-        rows += [row(f"source: {k}", v) for k, v in results["by_source"].items()]
-        rows += [row(f"policy: {k}", v) for k, v in results["by_policy"].items()]
-        body.append("<h2>VisualProcessBench</h2>" + table(header, rows))
+        groups = [("overall (pooled)", o)]
+        groups += [(f"source: {k}", v) for k, v in results["by_source"].items()]
+        groups += [(f"policy: {k}", v) for k, v in results["by_policy"].items()]
+        rows += [row(name, m) for name, m in groups[1:]]
+        body.append("<h2>VisualProcessBench</h2>" + table(header, rows) + _why_na(groups))
         if o.get("ci95", {}).get("macro_f1"):
             lo, hi = o["ci95"]["macro_f1"]
             body.append(f'<p class="meta">macro-F1 95% bootstrap CI [{100 * lo:.1f}, {100 * hi:.1f}]</p>')
@@ -267,11 +366,14 @@ def bench_report(results: dict, samples: list[dict], texts: list[tuple[str, list
         ]
         rows.append(["average", "", "", _pct(pb["average_f1"]), ""])
         header = ["subset", "acc. erroneous (%)", "acc. correct (%)", "F1 (%)", "samples"]
-        body.append("<h2>ProcessBench</h2>" + table(header, rows))
+        groups = [(k, m) for k, m in pb.items() if isinstance(m, dict)]
+        if pb.get("average_f1_undefined"):
+            groups.append(("average", {"undefined": pb["average_f1_undefined"]}))
+        body.append("<h2>ProcessBench</h2>" + table(header, rows) + _why_na(groups))
     auto = " (tuned on a held-out part)" if results.get("threshold_auto") else ""
     body.append(f'<p class="meta">threshold {thr:.4g}{auto}; config {_e(results.get("config", {}))}</p>')
     body.append("<h2>Examples (steps coloured by score)</h2>")
-    for i in _pick_examples(samples, kind):
+    for i in _pick_examples(samples, kind, texts=texts):
         s = samples[i]
         title = f"{Path(s['file']).name} #{s['index']} · {s['source']}"
         if kind == "visualprocessbench":
@@ -281,6 +383,7 @@ def bench_report(results: dict, samples: list[dict], texts: list[tuple[str, list
                 1 if k < s["label"] or s["label"] == -1 else (-1 if k == s["label"] else None)
                 for k in range(len(texts[i][1]))
             ]
-        question, steps = texts[i]
-        body.append(solution_html(title, question, steps, s["step_scores"], gold, f"· predicted {s['pred']}"))
+        question, steps, images = (*texts[i], None)[:3]
+        note = f"· predicted {s['pred']}"
+        body.append(solution_html(title, question, steps, s["step_scores"], gold, note, images))
     _atomic(path, page(f"Critic benchmark: {kind}", body))

@@ -175,9 +175,9 @@ def prm_reward(
 ) -> Callable[..., list]:
     """A TRL reward function scoring completions with a PRM: give `scorer` (anything with `score_steps`, e.g. a
     `Scorer`), or `url` (+ `api_key`) of `visualprm serve`, or a `client.Client`. See the module docstring."""
+    from .schema import load_splitter
     from .scoring import AGGREGATES
     from .scoring import aggregate as reduce
-    from .steps import load_splitter
 
     if sum(x is not None for x in (scorer, url, client)) != 1:
         raise InputError("give exactly one of scorer, url or client", field="scorer")

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+from .steps import split_regex, split_step_markers, split_steps
 
 
 class InputError(Exception):
@@ -260,6 +263,28 @@ def load_callable(spec: str, what: str):
     return fn
 
 
+def load_splitter(spec: str):
+    """A step splitter `(response, max_steps) -> [steps]` from a spec: `blank` (default rule), `markers`
+    (`Step k:` lines), `re:PATTERN` (boundaries), or `module:function` / `file.py:function` (your own;
+    called as f(text, max_steps))."""
+    if spec in (None, "", "blank"):
+        return split_steps
+    if spec == "markers":
+        return split_step_markers
+    if spec.startswith("re:"):
+        pattern = spec[3:]
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise InputError(f"bad regular expression {pattern!r}: {e}", field="splitter") from None
+        return lambda text, max_steps=12: split_regex(text, pattern, max_steps)
+    if ":" in spec:
+        return load_callable(spec, "splitter")
+    raise InputError(
+        f"unknown splitter {spec!r} (expected blank, markers, re:PATTERN or module:function)", field="splitter"
+    )
+
+
 def check_image(path: str, loc: Loc) -> None:
     """Check that an image file opens and decodes (cheap enough to run on every record before any work)."""
     load_image(path, loc)
@@ -308,8 +333,6 @@ def solution(rec: dict, loc: Loc, max_steps: int = 12, splitter=None) -> dict:
 
     Also accepts the VisualProcessBench layout (`response: {steps: [..]}`). Adds `steps` when split.
     """
-    from .steps import split_steps
-
     out = dict(rec)
     out["question"] = as_str(require(rec, loc, "question", "problem"), loc, "question")
     out["images"] = image_list(rec, loc)

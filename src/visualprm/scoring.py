@@ -342,7 +342,7 @@ def score_file(
     splitter: str | None = None,
 ) -> int:
     """`visualprm score`: every input record written back with `step_scores`, `score`, `aggregate` added."""
-    from .steps import load_splitter
+    from .schema import load_splitter
 
     t0 = time.time()
     if aggregate not in AGGREGATES:

@@ -469,8 +469,7 @@ def search_file(
     from .answers import load_checker
     from .montecarlo import load_problems
     from .policy import ANSWER_FORMATS, load_policy, parse_policy_spec, policy_prompt
-    from .schema import load_image, write_json, write_jsonl
-    from .steps import load_splitter
+    from .schema import load_image, load_splitter, write_json, write_jsonl
 
     t_start = time.time()
     cfg = config or SearchConfig()

@@ -21,14 +21,17 @@ import ipaddress
 import os
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from .schema import InputError
 from .steps import split_steps
 
-if TYPE_CHECKING:
-    from .server import ScoreRequest, ServeOptions
+# server.py imports this module, so its types are not imported back (no import cycle): a request is a
+# server.ScoreRequest (pydantic: question, images, image_paths, image_urls, solutions) and the limits are a
+# server.ServeOptions; both are read by attribute only.
+ScoreRequest = Any
+ServeOptions = Any
 
 
 class ServeError(Exception):

@@ -8,7 +8,8 @@ join consecutive pieces in groups of ceil(n / max_steps). Unlike the released co
 processor's chat template reads (`{"role", "content": [{"type": "text"|"image", ...}]}`): the system prompt,
 user turn 1 = `### Question:\\n` + image(s) + `\\n{question}\\n\\n### Solution Process:\\n{step_1}`, then one
 assistant turn per step holding its label, and user turn k = the text of step k as given. The model's own
-template renders them (model.py); this module knows no tokens and imports no torch.
+template renders them (model.py); this module knows no tokens, imports no torch and nothing else from the
+package (schema.py builds on it; `schema.load_splitter` turns a `--splitter` spec into one of these rules).
 
 `conversation_to_turns` reads the VisualPRM400K training layout (`conversations: [{from, value}]`, `<image>`
 in the first human turn) into the same shape.
@@ -72,30 +73,6 @@ def split_regex(response: str, pattern: str, max_steps: int = 12) -> list[str]:
         k = math.ceil(len(pieces) / max_steps)
         pieces = ["\n\n".join(pieces[i : i + k]) for i in range(0, len(pieces), k)]
     return pieces
-
-
-def load_splitter(spec: str):
-    """A step splitter `(response, max_steps) -> [steps]` from a spec: `blank` (default rule), `markers`
-    (`Step k:` lines), `re:PATTERN` (boundaries), or `module:function` / `file.py:function` (your own;
-    called as f(text, max_steps))."""
-    from .schema import InputError, load_callable
-
-    if spec in (None, "", "blank"):
-        return split_steps
-    if spec == "markers":
-        return split_step_markers
-    if spec.startswith("re:"):
-        pattern = spec[3:]
-        try:
-            re.compile(pattern)
-        except re.error as e:
-            raise InputError(f"bad regular expression {pattern!r}: {e}", field="splitter") from None
-        return lambda text, max_steps=12: split_regex(text, pattern, max_steps)
-    if ":" in spec:
-        return load_callable(spec, "splitter")
-    raise InputError(
-        f"unknown splitter {spec!r} (expected blank, markers, re:PATTERN or module:function)", field="splitter"
-    )
 
 
 def join_steps(steps: list[str]) -> str:

@@ -58,8 +58,10 @@ from .model import ADVANTAGE_LABELS, PRM_CONFIG, VALUE_LABELS, get_tokenizer, re
 from .schema import InputError, check_image, write_json
 
 
-def _f(default, help: str):  # noqa: A002 - the field's help text
-    return field(default=default, metadata={"help": help})
+def _f(default, help: str, **meta):  # noqa: A002 - the field's help text
+    """A TrainConfig field; `visualprm train`'s option is generated from it (cli_common.add_config_options):
+    help, and optionally `choices` and `min`."""
+    return field(default=default, metadata={"help": help, **meta})
 
 
 @dataclass
@@ -72,13 +74,18 @@ class TrainConfig:
     eval_data: str = _f("", "held-out conversations; default: split eval_split of the problems off the data")
     eval_split: float = _f(0.1, "fraction of problems held out for evaluation (0: no evaluation)")
     image_root: str = _f("", "folder for relative image paths (default: the data file's folder)")
-    label_mode: str = _f("auto", "value (+/-), advantage (+/=/-) or auto (advantage iff the data has '=')")
+    label_mode: str = _f(
+        "auto",
+        "value (+/-), advantage (+/=/-) or auto (advantage iff the data has '=')",
+        choices=("auto", "value", "advantage"),
+    )
     soft_labels: bool = _f(True, "train on mc (when records have it) as soft targets over + and -")
     train_eot: bool = _f(False, "also supervise the end-of-turn token after each label (as the original)")
     label_loss: str = _f(
         "vocab",
         "hard labels: cross-entropy over the whole vocabulary (vocab, as the paper) or over the label tokens only "
         "(labels: what the scorer reads; for a base model that has never written a label token)",
+        choices=("vocab", "labels"),
     )
     epochs: float = _f(1.0, "training epochs")
     max_steps: int = _f(-1, "stop after this many optimizer steps (-1: epochs decide)")
@@ -89,27 +96,27 @@ class TrainConfig:
     warmup_ratio: float = _f(0.05, "fraction of the steps for linear warm-up")
     lr_scheduler: str = _f("cosine", "learning-rate schedule after warm-up (transformers name)")
     max_grad_norm: float = _f(1.0, "gradient clipping")
-    batch_size: int = _f(1, "conversations per device per forward pass")
-    grad_accum: int = _f(1, "gradient accumulation steps")
+    batch_size: int = _f(1, "conversations per device per forward pass", min=1)
+    grad_accum: int = _f(1, "gradient accumulation steps", min=1)
     max_length: int = _f(0, "longest sequence in tokens (0: no limit); longer ones fail unless drop_long")
     drop_long: bool = _f(False, "drop sequences over max_length instead of failing")
     bf16: bool = _f(False, "bf16 mixed precision")
     torch_dtype: str = _f("float32", "dtype the weights are loaded in: float32, bfloat16 or float16")
     gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass (less memory)")
-    full: bool = _f(False, "train the vision encoder too (default: frozen, projector and LLM train)")
+    full: bool = _f(False, "train the vision encoder too (else it stays frozen; the projector and the LLM train)")
     freeze_llm: bool = _f(False, "freeze the language model (train projector/vision only)")
     lora: bool = _f(False, "train LoRA adapters on the LLM's linear layers instead of all weights")
-    lora_r: int = _f(16, "LoRA rank")
-    lora_alpha: int = _f(32, "LoRA alpha")
+    lora_r: int = _f(16, "LoRA rank", min=1)
+    lora_alpha: int = _f(32, "LoRA alpha", min=1)
     lora_dropout: float = _f(0.05, "LoRA dropout")
     lora_target: str = _f(
         r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
         "regular expression over module names that get LoRA adapters",
     )
     seed: int = _f(0, "seed for the split, the data order and initialisation")
-    logging_steps: int = _f(10, "log loss, label accuracy and lr every N optimizer steps")
-    save_steps: int = _f(500, "checkpoint every N optimizer steps")
-    save_total_limit: int = _f(2, "keep the last N checkpoints")
+    logging_steps: int = _f(10, "log loss, label accuracy and lr every N optimizer steps", min=1)
+    save_steps: int = _f(500, "checkpoint every N optimizer steps", min=1)
+    save_total_limit: int = _f(2, "keep the last N checkpoints", min=1)
     eval_steps: int = _f(0, "also evaluate every N optimizer steps (0: only at the end)")
     preencode: bool = _f(True, "encode every conversation up front and keep it in memory (else lazily)")
     num_workers: int = _f(0, "data loader worker processes")
