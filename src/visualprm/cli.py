@@ -13,6 +13,7 @@ import sys
 import time
 
 from .cli_data import add_data_commands
+from .remote_prm import add_engine_options, engine_options, system_prompt_arg
 from .schema import InputError
 
 
@@ -47,28 +48,44 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_score(a: argparse.Namespace) -> int:
+    from .openai_client import ServerUnavailable
     from .scoring import score_file
 
-    return score_file(
-        prm=a.prm,
-        input_path=a.input,
-        out_path=a.out,
-        aggregate=a.aggregate,
-        batch_size=a.batch_size,
-        image_root=a.image_root,
-        system_prompt=not a.no_system_prompt,
-        device=a.device,
-        dtype=a.dtype,
-        max_steps=a.max_steps,
-        max_length=a.max_length,
-        label_mode=a.label_mode,
-        splitter=a.splitter,
-    )
+    try:
+        return score_file(
+            prm=a.prm,
+            input_path=a.input,
+            out_path=a.out,
+            aggregate=a.aggregate,
+            batch_size=a.batch_size,
+            image_root=a.image_root,
+            system_prompt=system_prompt_arg(a),
+            device=a.device,
+            dtype=a.dtype,
+            max_steps=a.max_steps,
+            max_length=a.max_length,
+            label_mode=a.label_mode,
+            splitter=a.splitter,
+            api_key=a.api_key,
+            engine_options=engine_options(a),
+        )
+    except ServerUnavailable as e:
+        print(f"visualprm score: error: {e}", file=sys.stderr)
+        return 1
 
 
 def _cmd_bon(a: argparse.Namespace) -> int:
     from .bon import bon_file
+    from .openai_client import ServerUnavailable
 
+    try:
+        return _bon(a, bon_file)
+    except ServerUnavailable as e:
+        print(f"visualprm bon: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _bon(a: argparse.Namespace, bon_file) -> int:
     return bon_file(
         prm=a.prm,
         input_path=a.input,
@@ -76,7 +93,7 @@ def _cmd_bon(a: argparse.Namespace) -> int:
         aggregate=a.aggregate,
         batch_size=a.batch_size,
         image_root=a.image_root,
-        system_prompt=not a.no_system_prompt,
+        system_prompt=system_prompt_arg(a),
         device=a.device,
         dtype=a.dtype,
         max_steps=a.max_steps,
@@ -93,6 +110,8 @@ def _cmd_bon(a: argparse.Namespace) -> int:
         checker=a.checker,
         share_prefix=not a.no_share_prefix,
         max_batch_tokens=a.max_batch_tokens,
+        api_key=a.api_key,
+        engine_options=engine_options(a),
     )
 
 
@@ -118,11 +137,13 @@ def _cmd_bench(a: argparse.Namespace) -> int:
             heldout=a.heldout,
             device=a.device,
             dtype=a.dtype,
-            system_prompt=not a.no_system_prompt,
+            system_prompt=system_prompt_arg(a),
             batch_size=a.batch_size,
             max_length=a.max_length,
             label_mode=a.label_mode,
             concurrency=a.concurrency,
+            api_key=a.api_key,
+            engine_options=engine_options(a),
         )
     except ServerUnavailable as e:
         print(f"visualprm bench: error: {e}", file=sys.stderr)
@@ -201,7 +222,11 @@ def _cmd_search(a: argparse.Namespace) -> int:
     )
     scorer_options = {"device": a.device, "dtype": a.dtype, "batch_size": a.batch_size}
     scorer_options |= {"max_length": a.max_length, "label_mode": a.label_mode}
-    scorer_options["system_prompt"] = None if not a.no_system_prompt else False
+    system_prompt = system_prompt_arg(a)
+    scorer_options["system_prompt"] = None if system_prompt is True else system_prompt
+    scorer_options |= engine_options(a)
+    # --api-key: the key of the PRM's server (visualprm serve: default $VISUALPRM_API_KEY; openai: $OPENAI_API_KEY)
+    prm_key = a.api_key or (os.environ.get("VISUALPRM_API_KEY") if a.prm.startswith("http") else None) or None
     policy_options = {"retries": a.retries, "timeout": a.timeout, "device": a.device, "dtype": a.dtype}
     policy_options["batch_size"] = a.policy_batch_size
     try:
@@ -220,7 +245,7 @@ def _cmd_search(a: argparse.Namespace) -> int:
             image_root=a.image_root,
             scorer_options=scorer_options,
             policy_options=policy_options,
-            api_key=a.api_key or os.environ.get("VISUALPRM_API_KEY") or None,
+            api_key=prm_key,
         )
     except ServerUnavailable as e:
         print(f"visualprm search: error: {e}", file=sys.stderr)
@@ -268,7 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
         "question, images and steps (or a response, split on blank lines). Output: every input record with "
         "step_scores, score and aggregate added."
     )
-    p.add_argument("--prm", required=True, help="PRM folder (model + processor), or a hub id where online")
+    p.add_argument(
+        "--prm", required=True, help="PRM folder (model + processor), or openai:MODEL@URL[,URL2..] (a served PRM)"
+    )
     p.add_argument("--input", required=True, help="JSONL of solutions")
     p.add_argument("--out", required=True, help="output JSONL (written atomically)")
     p.add_argument("--aggregate", choices=AGGREGATES, default="mean", help="step scores -> one score (mean)")
@@ -276,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=12, help="when splitting a response: at most this many steps")
     p.add_argument("--splitter", default=None, help="custom step splitter: blank|markers|re:PATTERN|module:function")
     _add_model_options(p)
+    add_engine_options(p)
     p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser("bon", help="Best-of-N: pick the best candidate per problem (and evaluate with gold answers)")
@@ -283,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Score the N candidate responses of every problem and pick the argmax of the aggregate (ties: lower "
         "index). Writes OUT/picks.jsonl; with gold answers also the Best-of-N evaluation."
     )
-    p.add_argument("--prm", default=None, help="PRM folder")
+    p.add_argument("--prm", default=None, help="PRM folder, or openai:MODEL@URL[,URL2..] (a served PRM)")
     p.add_argument("--judge", default=None, help="instead of a PRM: an MLLM judge, openai:MODEL@URL")
     p.add_argument(
         "--orm", default=None, help="also evaluate an ORM: a folder, or 'prm' (the PRM, whole solution as one step)"
@@ -307,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-image", action="store_true", help="score without the images (text-only scorer)")
     p.add_argument("--concurrency", type=_positive_int, default=8, help="judge requests in flight (8)")
     _add_model_options(p)
+    add_engine_options(p)
     p.set_defaults(func=_cmd_bon)
 
     p = sub.add_parser("make-tiny-model", help="build a tiny random-weight PRM of a real architecture, offline")
@@ -367,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--bench", required=True, action="append", help="benchmark file or folder (repeatable)")
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--prm", help="PRM folder")
+    g.add_argument("--prm", help="PRM folder, or openai:MODEL@URL[,URL2..] (a served PRM)")
     g.add_argument("--scores", help='JSONL: one {"step_scores": [..]} line per benchmark record, in order')
     g.add_argument("--judge", help="an MLLM judge: openai:MODEL@URL (API key: $OPENAI_API_KEY)")
     p.add_argument("--out", required=True, help="output folder")
@@ -382,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-image", action="store_true", help="score without the images (text-only PRM or judge)")
     p.add_argument("--concurrency", type=_positive_int, default=8, help="judge requests in flight (8)")
     _add_model_options(p)
+    add_engine_options(p)
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("train", help="fine-tune a vision-language model into a PRM")
@@ -455,7 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
         "cost. Writes OUT/results.json and OUT/samples.jsonl and prints the table."
     )
     p.add_argument("--policy", required=True, help="synthetic | hf:PATH | openai:MODEL@URL | vllm:PATH_OR_ID")
-    p.add_argument("--prm", required=True, help="PRM folder, or http(s)://HOST:PORT of `visualprm serve`")
+    p.add_argument(
+        "--prm", required=True, help="PRM folder, openai:MODEL@URL[,URL2..], or http(s)://HOST:PORT (visualprm serve)"
+    )
     p.add_argument("--problems", required=True, help="JSONL: {id, images, question, answer, options?}")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--method", default="beam", help="bon, beam, lookahead, or a comma list of them (beam)")
@@ -484,11 +516,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checker", default=None, help="answer checker module:function or file.py:function (built-in)")
     p.add_argument("--splitter", default=None, help="bon: step splitter blank|markers|re:PATTERN|module:function")
     p.add_argument("--image-root", default=None, help="folder for relative image paths (default: the input's)")
-    p.add_argument("--api-key", default=None, help="--prm URL: the service's key (default $VISUALPRM_API_KEY)")
+    p.add_argument(
+        "--api-key", default=None, help="the PRM server's key (default $VISUALPRM_API_KEY, openai: $OPENAI_API_KEY)"
+    )
     p.add_argument("--retries", type=int, default=6, help="openai: retries per request (6)")
     p.add_argument("--timeout", type=float, default=600.0, help="openai: seconds per request (600)")
     p.add_argument("--policy-batch-size", type=_positive_int, default=8, help="hf policy: sequences per call (8)")
     _add_model_options(p)
+    add_engine_options(p, api_key=False)
     p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser(
