@@ -87,7 +87,9 @@ class FakeEngine:
             logits = model(**inputs, use_cache=False).logits[0, -1].float()
         lp = torch.log_softmax(logits, dim=-1)
         ids = inputs["input_ids"][0].tolist()
-        key = hashlib.sha256(json.dumps([body["model"]] + [hashlib.sha256(im.tobytes()).hexdigest() for im in images]).encode())
+        key = hashlib.sha256(
+            json.dumps([body["model"]] + [hashlib.sha256(im.tobytes()).hexdigest() for im in images]).encode()
+        )
         cached = 0
         with self.lock:
             for j in range(BLOCK, len(ids) + 1, BLOCK):
@@ -112,7 +114,7 @@ class FakeEngine:
             return 400, {"error": {"message": f"top_logprobs {k} > max_logprobs {self.max_logprobs}"}}
         lp, tok, n_prompt, cached = self._logprobs(body)
         best = int(lp.argmax())
-        top = lp.topk(k).indices.tolist() if k else []
+        top = lp.topk(min(k, lp.numel())).indices.tolist() if k else []
         extra = [i for i in body.get("logprob_token_ids") or [] if i not in top]
         entry = {"token": tok.decode([best]), "logprob": float(lp[best])}
         entry["top_logprobs"] = [{"token": tok.decode([i]), "logprob": float(lp[i])} for i in top + extra]
@@ -123,7 +125,13 @@ class FakeEngine:
         with self.lock:
             self.prompt_total += n_prompt
             self.cached_total += cached
-        return 200, {"id": "x", "object": "chat.completion", "model": body["model"], "choices": [choice], "usage": usage}
+        return 200, {
+            "id": "x",
+            "object": "chat.completion",
+            "model": body["model"],
+            "choices": [choice],
+            "usage": usage,
+        }
 
     def start(self) -> str:
         fake = self

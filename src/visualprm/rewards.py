@@ -3,6 +3,7 @@
     from visualprm.rewards import prm_reward, answer_reward
     prm = prm_reward(Scorer.from_pretrained("out/prm"), aggregate="mean")        # in-process
     prm = prm_reward(url="http://127.0.0.1:8000", aggregate="min")               # `visualprm serve`
+    prm = prm_reward("openai:/models/prm@http://gpu1:8000,http://gpu2:8000")     # vLLM / SGLang servers
     trainer = GRPOTrainer(model=..., reward_funcs=[prm, answer_reward()], ...)
 
 A reward function is called as `reward(prompts, completions, **columns)`, where `columns` are the dataset's other
@@ -172,9 +173,12 @@ def prm_reward(
     question_key: str = "question",
     empty_reward: float | None = 0.0,
     name: str | None = None,
+    prm_options: dict | None = None,
 ) -> Callable[..., list]:
     """A TRL reward function scoring completions with a PRM: give `scorer` (anything with `score_steps`, e.g. a
-    `Scorer`), or `url` (+ `api_key`) of `visualprm serve`, or a `client.Client`. See the module docstring."""
+    `Scorer` or a `remote_prm.OpenAIScorer`, or a PRM spec for `scoring.load_prm`: a folder or
+    `openai:MODEL@URL[,URL2...]`, with `api_key` and `prm_options` such as `concurrency`, `prm_folder`), or
+    `url` (+ `api_key`) of `visualprm serve`, or a `client.Client`. See the module docstring."""
     from .scoring import AGGREGATES
     from .scoring import aggregate as reduce
     from .steps import load_splitter
@@ -183,6 +187,10 @@ def prm_reward(
         raise InputError("give exactly one of scorer, url or client", field="scorer")
     if aggregate not in AGGREGATES:
         raise InputError(f"unknown aggregate {aggregate!r}; choose from {', '.join(AGGREGATES)}", field="aggregate")
+    if isinstance(scorer, str):
+        from .scoring import load_prm
+
+        scorer = load_prm(scorer, api_key=api_key, **(prm_options or {}))
     if scorer is None and client is None:
         from .client import Client
 
@@ -210,6 +218,13 @@ def prm_reward(
             if rows[-1][2]:
                 groups.setdefault(_group_key(question, images), []).append(i)
         out: list = [[] if per_step else empty_reward for _ in rows]
+        if hasattr(scorer, "engine_counts"):  # a served PRM: every group's requests in flight together
+            gs = [{"question": rows[ix[0]][0], "images": rows[ix[0]][1], "solutions": [rows[i][2] for i in ix]}
+                  for ix in groups.values()]  # fmt: skip
+            for idx, raw in zip(groups.values(), scorer.score_groups(gs)):
+                for i, s in zip(idx, raw):
+                    out[i] = [round(x, 6) for x in s] if per_step else round(reduce(s, aggregate), 6)
+            return out
         for idx in groups.values():  # one scorer call or one HTTP request per prompt group
             question, images, _ = rows[idx[0]]
             for i, (steps, agg) in zip(idx, score_group(question, images, [rows[i][2] for i in idx])):

@@ -294,7 +294,11 @@ def score_records(scorer: Scorer, records: list[tuple[Loc, dict]], progress: boo
     from tqdm import tqdm
 
     chunk = max(1, scorer.batch_size) * 4
-    bar = tqdm(total=len(records), desc="scoring", unit="sol", disable=not progress, file=sys.stderr)
+    with tqdm(total=len(records), desc="scoring", unit="sol", disable=not progress, file=sys.stderr) as bar:
+        yield from _score_chunks(scorer, records, chunk, bar)  # the bar ends its line before an error shows
+
+
+def _score_chunks(scorer, records, chunk, bar):
     for start in range(0, len(records), chunk):
         part = records[start : start + chunk]
         if not hasattr(scorer, "score_encoded"):  # a scorer without a model here (remote_prm.OpenAIScorer)
@@ -313,7 +317,6 @@ def score_records(scorer: Scorer, records: list[tuple[Loc, dict]], progress: boo
         for (_, sol), s in zip(part, scorer.score_encoded(encoded)):
             yield sol, s
         bar.update(len(part))
-    bar.close()
 
 
 def score_file(
