@@ -317,3 +317,19 @@ def test_load_prm_specs_rewards_and_several_servers(served):
     assert prm_reward(OpenAIScorer("internvl", url, processor=processor))(prompts, completions) == pytest.approx(
         want, abs=1e-5
     )
+
+
+def test_serve_fronts_the_engine(served):
+    from fastapi.testclient import TestClient
+
+    from visualprm.client import Client
+    from visualprm.server import build_app
+
+    fake, url, models, _ = served
+    model, processor = models["qwen3_vl"]
+    app = build_app(OpenAIScorer("qwen3_vl", url, processor=processor), max_wait_ms=1)
+    steps = ITEMS[0]["steps"]
+    with TestClient(app) as tc:
+        res = Client(http=tc, retries=0).score(ITEMS[0]["question"], [steps], images=ITEMS[0]["images"])
+    want = Scorer(model, processor).score_steps(ITEMS[:1])[0]
+    assert res[0]["step_scores"] == pytest.approx(want, abs=1e-5) and len(fake.bodies) == 3

@@ -168,7 +168,8 @@ def _cmd_serve(a: argparse.Namespace) -> int:
         port=a.port,
         device=a.device,
         dtype=a.dtype,
-        system_prompt=not a.no_system_prompt,
+        system_prompt=system_prompt_arg(a),
+        engine_options=engine_options(a),
         label_mode=a.label_mode,
         log_level=a.log_level,
         torch_threads=a.torch_threads,
@@ -357,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Serve a PRM over HTTP: POST /v1/score, POST /v1/bon, GET /health, GET /metrics (Prometheus), docs at "
         "/docs. Concurrent requests are batched together. Binds 127.0.0.1 unless --host says otherwise."
     )
-    p.add_argument("--prm", required=True, help="PRM folder (model + processor)")
+    p.add_argument("--prm", required=True, help="PRM folder (model + processor), or openai:MODEL@URL[,URL2..]")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: $VISUALPRM_API_KEY)")
@@ -385,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-mode", choices=("auto", "value", "advantage"), default="auto", help="as in `score`")
     p.add_argument("--torch-threads", type=_positive_int, default=None, help="CPU threads for torch (torch's default)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    add_engine_options(p, api_key=False)  # the engine's key: $OPENAI_API_KEY (--api-key is this service's)
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("bench", help="evaluate a critic on VisualProcessBench or ProcessBench")
