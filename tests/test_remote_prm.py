@@ -143,6 +143,9 @@ def test_bound_used_and_counted_when_top_logprobs_is_too_small(served):
     flat_exact = [x for s in exact for x in s]
     assert sorted(flat_got) == pytest.approx(sorted(want.values()), abs=1e-9)
     assert sum(abs(a - b) > 1e-5 for a, b in zip(flat_got, flat_exact)) == n_bounded  # only bounded ones differ
+    off = OpenAIScorer("qwen2_vl", url, processor=processor, top_logprobs=2, send_token_ids=False)
+    assert off.score_steps(ITEMS) == got and off.counts["bounded_steps"] == n_bounded
+    assert "logprob_token_ids" not in fake.bodies[-1]
 
 
 def test_429_and_5xx_are_retried(served):
@@ -196,6 +199,11 @@ def test_score_cli_equals_the_folder_and_takes_its_system_prompt(served, tmp_pat
     fake.reset()
     assert main(args + ["--no-system-prompt"]) == 0
     assert {b["messages"][0]["role"] for b in fake.bodies} == {"user"}
+    fake.reset()
+    (tmp_path / "sys.txt").write_text("Judge each step.\nReply + or -.\n")
+    assert main(args + ["--system-prompt", f"@{tmp_path / 'sys.txt'}", "--no-logprob-token-ids"]) == 0
+    assert {b["messages"][0]["content"] for b in fake.bodies} == {"Judge each step.\nReply + or -."}
+    assert not any("logprob_token_ids" in b for b in fake.bodies)
 
 
 def test_cli_errors_are_one_line(served, tmp_path, capsys):

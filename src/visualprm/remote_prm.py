@@ -65,6 +65,7 @@ ENGINE_OPTIONS = (
     "system_prompt",
     "label_mode",
     "extra_body",
+    "send_token_ids",
 )
 _URL = re.compile(r"(?:https?://)?[^\s@/,]+(?::\d+)?(?:/\S*)?")
 
@@ -167,9 +168,11 @@ class OpenAIScorer:
         max_tiles: int | None = None,
         extra_body: dict | None = None,
         processor=None,
+        send_token_ids: bool = True,
     ):
         """`processor`: the PRM's processor or tokenizer, when at hand: the label tokens as it writes them and
-        their ids (sent as `logprob_token_ids`) unless `label_tokens` / `label_token_ids` are given."""
+        their ids (sent as `logprob_token_ids` unless `send_token_ids=False`, for servers that refuse unknown fields)
+        unless `label_tokens` / `label_token_ids` are given."""
         from .model import ADVANTAGE_LABELS, VALUE_LABELS
         from .openai_client import api_base
 
@@ -194,6 +197,7 @@ class OpenAIScorer:
                 field="label_tokens",
             )
         self.label_token_ids = list(label_token_ids) if label_token_ids else None
+        self.send_token_ids = send_token_ids
         if top_logprobs < 1:
             raise InputError(f"top_logprobs must be >= 1, got {top_logprobs}", field="top_logprobs")
         self.top_logprobs, self.concurrency = top_logprobs, concurrency
@@ -258,7 +262,7 @@ class OpenAIScorer:
             "logprobs": True,
             "top_logprobs": self.top_logprobs,
         }
-        if self.label_token_ids:
+        if self.label_token_ids and self.send_token_ids:
             body["logprob_token_ids"] = self.label_token_ids  # vLLM: exact logprobs of these ids
         if self.max_tiles is not None:
             body["mm_processor_kwargs"] = {"max_dynamic_patch": self.max_tiles}
@@ -410,6 +414,11 @@ def add_engine_options(p, api_key: bool = True) -> None:
         default=DEFAULT_TOP_LOGPROBS,
         help=f"openai: logprobs per step the server returns (its maximum; vLLM's default {DEFAULT_TOP_LOGPROBS})",
     )
+    g.add_argument(
+        "--no-logprob-token-ids",
+        action="store_true",
+        help="openai: do not ask for the label ids' exact logprobs (vLLM's logprob_token_ids field)",
+    )
     g.add_argument("--prm-concurrency", type=int, default=64, help="openai: requests in flight per server (64)")
     g.add_argument("--prm-timeout", type=float, default=600.0, help="openai: seconds per request (600)")
     g.add_argument("--prm-retries", type=int, default=6, help="openai: retries per request, with backoff (6)")
@@ -442,4 +451,5 @@ def engine_options(a) -> dict:
         "timeout": a.prm_timeout,
         "retries": a.prm_retries,
         "max_tiles": getattr(a, "max_tiles", None),
+        "send_token_ids": not a.no_logprob_token_ids,
     }
