@@ -341,3 +341,19 @@ def test_serve_fronts_the_engine(served):
         res = Client(http=tc, retries=0).score(ITEMS[0]["question"], [steps], images=ITEMS[0]["images"])
     want = Scorer(model, processor).score_steps(ITEMS[:1])[0]
     assert res[0]["step_scores"] == pytest.approx(want, abs=1e-5) and len(fake.bodies) == 3
+
+
+def test_a_folder_with_only_a_tokenizer_still_gives_ids_and_the_system_message(served, tmp_path):
+    # as for an original InternVLChatModel release, which transformers cannot load natively
+    fake, url, models, _ = served
+    model, processor = models["qwen2_vl"]
+    get_tokenizer(processor).save_pretrained(tmp_path / "tok")
+    (tmp_path / "tok" / "visualprm.json").write_text(json.dumps({"system_prompt": "Custom."}))
+    eng = scoring.load_prm(f"openai:qwen2_vl@{url}", prm_folder=str(tmp_path / "tok"), top_logprobs=1)
+    assert (
+        eng.system_prompt == "Custom."
+        and eng.label_token_ids
+        == get_tokenizer(processor)(["+", "-"])["input_ids"][0] + get_tokenizer(processor)(["+", "-"])["input_ids"][1]
+    )
+    want = Scorer(model, processor, system_prompt="Custom.").score_steps(ITEMS[:1])
+    assert _maxdiff(eng.score_steps(ITEMS[:1]), want) < 1e-5 and eng.counts["bounded_steps"] == 0

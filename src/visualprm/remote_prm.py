@@ -118,6 +118,27 @@ def step_messages(question: str, steps: list[str], k: int, images: list[str], pl
     return msgs
 
 
+def folder_tokenizer(folder: str):
+    """The processor of a PRM folder, else its bare tokenizer (a folder transformers cannot load natively, such
+    as an original `InternVLChatModel` release), else None with a warning: the label tokens then stay `+`/`-`."""
+    from .model import load_processor
+
+    try:
+        return load_processor(folder)
+    except Exception:  # noqa: BLE001 - fall back to the tokenizer alone
+        pass
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(folder)
+    except Exception as e:  # noqa: BLE001
+        print(
+            f"warning: cannot load a tokenizer from {folder} ({type(e).__name__}); label tokens as given",
+            file=sys.stderr,
+        )
+        return None
+
+
 def label_logprobs(response: dict, labels: list[str]) -> tuple[list[float], bool]:
     """The logprob of each label token in a reply's first generated position, and whether any is a bound (the
     label was not among the returned tokens: its logprob is below the lowest one returned)."""
@@ -187,7 +208,11 @@ class OpenAIScorer:
             from .model import get_tokenizer, label_prefix
             from .model import label_token_ids as token_ids
 
-            label_token_ids = token_ids(processor, self.labels, label_prefix(processor, system_prompt))
+            try:
+                prefix = label_prefix(processor, system_prompt)
+            except Exception:  # noqa: BLE001 - no usable chat template here (the server has its own)
+                prefix = ""
+            label_token_ids = token_ids(processor, self.labels, prefix)
             label_tokens = [get_tokenizer(processor).decode([i]) for i in label_token_ids]
         self.label_tokens = list(label_tokens) if label_tokens else list(self.labels)
         if len(self.label_tokens) != len(self.labels):
@@ -232,10 +257,10 @@ class OpenAIScorer:
         saved: dict = {}
         processor = None
         if folder is not None:
-            from .model import load_processor, read_prm_config
+            from .model import read_prm_config
 
             saved = read_prm_config(folder)
-            processor = load_processor(folder)
+            processor = folder_tokenizer(folder)
         if label_mode == "auto":
             label_mode = saved.get("label_mode", "value")
         if system_prompt is None:
