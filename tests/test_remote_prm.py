@@ -350,10 +350,8 @@ def test_a_folder_with_only_a_tokenizer_still_gives_ids_and_the_system_message(s
     get_tokenizer(processor).save_pretrained(tmp_path / "tok")
     (tmp_path / "tok" / "visualprm.json").write_text(json.dumps({"system_prompt": "Custom."}))
     eng = scoring.load_prm(f"openai:qwen2_vl@{url}", prm_folder=str(tmp_path / "tok"), top_logprobs=1)
-    assert (
-        eng.system_prompt == "Custom."
-        and eng.label_token_ids
-        == get_tokenizer(processor)(["+", "-"])["input_ids"][0] + get_tokenizer(processor)(["+", "-"])["input_ids"][1]
-    )
+    tok = get_tokenizer(processor)
+    ids = [tok(lab, add_special_tokens=False)["input_ids"][0] for lab in ("+", "-")]
+    assert eng.system_prompt == "Custom." and eng.label_token_ids == ids
     want = Scorer(model, processor, system_prompt="Custom.").score_steps(ITEMS[:1])
     assert _maxdiff(eng.score_steps(ITEMS[:1]), want) < 1e-5 and eng.counts["bounded_steps"] == 0
