@@ -63,6 +63,7 @@ def served(tmp_path_factory):
     save_processor(processor, folder)
     (folder / "visualprm.json").write_text(json.dumps({"label_mode": "value", "system_prompt": FOLDER_PROMPT}))
     models[str(folder)] = load_model(folder, device="cpu", dtype="float32")  # as vLLM serves the folder's path
+    models["tiny-prm"] = models[str(folder)]  # the same model under a plain name (no folder at hand)
     fake = FakeEngine(models, max_logprobs=100_000)
     url = fake.start()
     yield fake, url, models, folder
@@ -73,6 +74,7 @@ def served(tmp_path_factory):
 def _reset(served):
     served[0].reset()
     served[0].api_key = None
+    served[0].max_logprobs = 100_000
 
 
 def _maxdiff(a, b):
@@ -104,7 +106,7 @@ def test_engine_equals_in_process_scorer(served, arch):
 
 def test_request_shape_and_images_where_the_in_process_path_puts_them(served):
     fake, url, _, _ = served
-    eng = OpenAIScorer("qwen2_vl", url, max_tiles=6, system_prompt="SYS")
+    eng = OpenAIScorer("qwen2_vl", url, max_tiles=6, system_prompt="SYS", max_top_logprobs=20)  # never ask again
     eng.score_steps(ITEMS[:1])
     bodies = sorted(fake.bodies, key=lambda b: len(b["messages"]))
     assert [len(b["messages"]) for b in bodies] == [2, 4, 6]
@@ -123,11 +125,21 @@ def test_bound_used_and_counted_when_top_logprobs_is_too_small(served):
     fake, url, models, _ = served
     model, processor = models["qwen2_vl"]
     exact = OpenAIScorer("qwen2_vl", url, processor=processor).score_steps(ITEMS)
+    # a server that allows more: bounded steps are asked again (2 -> 20 -> 200 -> 2000) and come out exact
+    again = OpenAIScorer("qwen2_vl", url, label_tokens=["+", "-"], top_logprobs=2)
+    assert _maxdiff(again.score_steps(ITEMS), exact) < 1e-5 and again.counts["bounded_steps"] == 0
+    assert again.counts["requests"] > N_STEPS and max(b["top_logprobs"] for b in fake.bodies) == 2000
+    # a server whose maximum is 2: the first ask again is refused, the bound is used and counted
+    fake.max_logprobs = 2
+    fake.reset()
     eng = OpenAIScorer("qwen2_vl", url, label_tokens=["+", "-"], top_logprobs=2)
     got = eng.score_steps(ITEMS)
+    assert eng.capped == [True] and sorted(set(fake.statuses)) == [200, 400]
+    assert eng.counts["requests"] == N_STEPS + fake.statuses.count(400)
     # expected from the full distribution: a label outside the top 2 gets the 2nd-best logprob
     full = OpenAIScorer("qwen2_vl", url, label_tokens=["+", "-"])
-    bodies = [full.body(m["messages"]) for m in fake.bodies[-N_STEPS:]]
+    bodies = [full.body(m["messages"]) for m in fake.bodies[:N_STEPS]]
+    fake.max_logprobs = 100_000
     vocab = len(get_tokenizer(processor))
     replies = chat_completions(url, "qwen2_vl", [{**b, "top_logprobs": vocab} for b in bodies])
     want, n_bounded = {}, 0
@@ -143,6 +155,7 @@ def test_bound_used_and_counted_when_top_logprobs_is_too_small(served):
     flat_exact = [x for s in exact for x in s]
     assert sorted(flat_got) == pytest.approx(sorted(want.values()), abs=1e-9)
     assert sum(abs(a - b) > 1e-5 for a, b in zip(flat_got, flat_exact)) == n_bounded  # only bounded ones differ
+    fake.max_logprobs = 2
     off = OpenAIScorer("qwen2_vl", url, processor=processor, top_logprobs=2, send_token_ids=False)
     assert off.score_steps(ITEMS) == got and off.counts["bounded_steps"] == n_bounded
     assert "logprob_token_ids" not in fake.bodies[-1]
@@ -150,10 +163,11 @@ def test_bound_used_and_counted_when_top_logprobs_is_too_small(served):
 
 def test_429_and_5xx_are_retried(served):
     fake, url, _, _ = served
-    want = OpenAIScorer("llava", url).score_steps(ITEMS[1:2])
+    _, processor = served[2]["llava"]
+    want = OpenAIScorer("llava", url, processor=processor).score_steps(ITEMS[1:2])
     fake.reset()
     fake.fail = [429, 503, 500]
-    got = OpenAIScorer("llava", url, retries=3, backoff=0.01).score_steps(ITEMS[1:2])
+    got = OpenAIScorer("llava", url, processor=processor, retries=3, backoff=0.01).score_steps(ITEMS[1:2])
     assert got == want
     assert sorted(fake.statuses) == [200, 200, 200, 429, 500, 503]
 
@@ -196,6 +210,12 @@ def test_score_cli_equals_the_folder_and_takes_its_system_prompt(served, tmp_pat
     assert "6 requests (2.0 per solution)" in out and "0 of 6 steps bounded" in out
     assert f"{fake.prompt_total} prompt tokens ({fake.cached_total} cached" in out and fake.cached_total > 0
     assert {b["messages"][0]["content"] for b in fake.bodies} == {FOLDER_PROMPT}  # recorded in visualprm.json
+    # a plain model name: no folder, so no label ids; bounded steps are asked again with more logprobs
+    plain = ["score", "--prm", f"openai:tiny-prm@{url}", "--input", str(inp), "--out", str(tmp_path / "p.jsonl")]
+    assert main(plain + ["--system-prompt", FOLDER_PROMPT]) == 0
+    got = _lines(tmp_path / "p.jsonl")
+    assert _maxdiff([r["step_scores"] for r in got], [r["step_scores"] for r in want]) < 1e-5
+    assert "0 of 6 steps bounded" in capsys.readouterr().out
     fake.reset()
     assert main(args + ["--no-system-prompt"]) == 0
     assert {b["messages"][0]["role"] for b in fake.bodies} == {"user"}

@@ -12,8 +12,10 @@ renders the conversation with the model's own chat template. P(`+`) = softmax ov
 label tokens (advantage PRM: P(`+`) - P(`-`) over `+`, `=`, `-`), which equals the in-process softmax over the
 label logits. When the label token ids are known (a local copy of the PRM folder is at hand) the body also asks
 for them with vLLM's `logprob_token_ids`, which returns their exact logprobs; servers that do not know the field
-ignore it. A label token missing from the returned list is below the last returned logprob: that bound is used,
-the step is counted as bounded, and every output reports the count (the figure is then approximate).
+ignore it. A step whose label token is missing from the returned list is asked again with ten times as many
+logprobs, up to `max_top_logprobs` (5000) or until the server refuses (it is not asked again). A label token still
+missing is below the last returned logprob: that bound is used, the step is counted as bounded, and every output
+reports the count (the figure is then approximate).
 
 The n requests of a solution are sent together (the server's prefix cache then makes them cost about one pass),
 and all solutions of a call pipeline with at most `concurrency` requests in flight per server. With several
@@ -52,6 +54,7 @@ from typing import Any
 from .schema import InputError
 
 DEFAULT_TOP_LOGPROBS = 20  # vLLM's default --max-logprobs; the OpenAI API's maximum too
+MAX_TOP_LOGPROBS = 5000  # a bounded step is asked again with 10x more, up to this or the server's refusal
 # The keyword options of `OpenAIScorer.from_spec` that `scoring.load_prm` routes here (the rest are in-process).
 ENGINE_OPTIONS = (
     "prm_folder",
@@ -66,6 +69,7 @@ ENGINE_OPTIONS = (
     "label_mode",
     "extra_body",
     "send_token_ids",
+    "max_top_logprobs",
 )
 _URL = re.compile(r"(?:https?://)?[^\s@/,]+(?::\d+)?(?:/\S*)?")
 
@@ -139,9 +143,10 @@ def folder_tokenizer(folder: str):
         return None
 
 
-def label_logprobs(response: dict, labels: list[str]) -> tuple[list[float], bool]:
-    """The logprob of each label token in a reply's first generated position, and whether any is a bound (the
-    label was not among the returned tokens: its logprob is below the lowest one returned)."""
+def label_logprobs(response: dict, labels: list[str]) -> tuple[list[float], bool, int]:
+    """The logprob of each label token in a reply's first generated position, whether any is a bound (the label
+    was not among the returned tokens: its logprob is below the lowest one returned), and how many top logprobs
+    the reply holds."""
     choices = response.get("choices") or []
     lp = (choices[0].get("logprobs") or {}) if choices else {}
     content = lp.get("content") if isinstance(lp, dict) else None
@@ -158,7 +163,7 @@ def label_logprobs(response: dict, labels: list[str]) -> tuple[list[float], bool
         raise ValueError("no logprobs")
     floor = min(seen.values())
     out = [seen.get(lab, floor) for lab in labels]
-    return out, any(lab not in seen for lab in labels)
+    return out, any(lab not in seen for lab in labels), len(first.get("top_logprobs") or [])
 
 
 def score_from_logprobs(lps: list[float], label_mode: str) -> float:
@@ -190,6 +195,7 @@ class OpenAIScorer:
         extra_body: dict | None = None,
         processor=None,
         send_token_ids: bool = True,
+        max_top_logprobs: int = MAX_TOP_LOGPROBS,
     ):
         """`processor`: the PRM's processor or tokenizer, when at hand: the label tokens as it writes them and
         their ids (sent as `logprob_token_ids` unless `send_token_ids=False`, for servers that refuse unknown fields)
@@ -226,6 +232,8 @@ class OpenAIScorer:
         if top_logprobs < 1:
             raise InputError(f"top_logprobs must be >= 1, got {top_logprobs}", field="top_logprobs")
         self.top_logprobs, self.concurrency = top_logprobs, concurrency
+        self.max_top_logprobs = max(top_logprobs, max_top_logprobs)
+        self.capped = [False] * len(self.urls)  # a server that refused more top logprobs is not asked again
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.max_tiles, self.extra_body = max_tiles, dict(extra_body or {})
         self.processor = processor  # only for label tokens and `search --tokens prm`; never runs a model
@@ -317,17 +325,22 @@ class OpenAIScorer:
                 out.append((i, s, self.body(msgs)))
         return out
 
-    async def _send(self, per_server: list[list[dict]]) -> list[list[dict]]:
+    async def _send(self, per_server: list[list[dict]], refusals_ok: bool = False) -> list[list[Any]]:
+        """The replies per server, in order; `refusals_ok`: a refused request's `RequestError` in its place."""
         from .openai_client import RequestError, ServerUnavailable, achat_completions
 
-        async def one(s: int, bodies: list[dict]) -> list[dict]:
+        async def one(s: int, bodies: list[dict]) -> list[Any]:
             if not bodies:
                 return []
             try:
-                return await achat_completions(
+                out = await achat_completions(
                     self.urls[s], self.model, bodies, concurrency=self.concurrency, retries=self.retries,
-                    timeout=self.timeout, api_key=self.api_key, backoff=self.backoff,
+                    timeout=self.timeout, api_key=self.api_key, backoff=self.backoff, return_exceptions=refusals_ok,
                 )  # fmt: skip
+                for r in out:
+                    if isinstance(r, BaseException) and not isinstance(r, RequestError):
+                        raise r
+                return out
             except RequestError as e:
                 hint = " (check --api-key or $OPENAI_API_KEY)" if e.status in (401, 403) else ""
                 raise InputError(f"the PRM server at {self.urls[s]} refused a request{hint}: {e}") from None
@@ -348,32 +361,63 @@ class OpenAIScorer:
             where.append((i, s, len(per_server[s])))
             per_server[s].append(body)
         replies = run_sync(self._send(per_server))
+        parsed = {(s, j): self._parse(replies[s][j], s) for _, s, j in where}
+        n_requests = len(where) + self._ask_again(per_server, parsed)
         out: list[list[float]] = [[] for _ in items]
         bounded = 0
         for i, s, j in where:
-            r = replies[s][j]
-            try:
-                lps, approx = label_logprobs(r, self.label_tokens)
-            except ValueError:
-                raise InputError(
-                    f"the PRM server at {self.urls[s]} answered without logprobs (model {self.model!r}); it does "
-                    "not support them or has them switched off"
-                ) from None
+            lps, approx, _ = parsed[(s, j)]
             bounded += approx
             out[i].append(score_from_logprobs(lps, self.label_mode))
-            self._count_usage(r.get("usage") or {})
         self.counts["solutions"] += sum(1 for it in items if it["steps"])
         self.counts["steps"] += len(where)
         self.counts["bounded_steps"] += bounded
-        self.counts["requests"] += len(where)
+        self.counts["requests"] += n_requests
         if where and bounded == len(where) and not self._warned:
             self._warned = True
             print(
-                f"warning: no label token {self.label_tokens} was among the top {self.top_logprobs} logprobs of "
-                "any step: every score is a bound; give the PRM folder (--prm-folder) or --label-tokens",
+                f"warning: no label token {self.label_tokens} was among the logprobs the server returned for any "
+                "step: every score is a bound; give the PRM folder (--prm-folder) or --label-tokens",
                 file=sys.stderr,
             )
         return out
+
+    def _parse(self, reply: dict, s: int) -> tuple[list[float], bool, int]:
+        self._count_usage(reply.get("usage") or {})
+        try:
+            return label_logprobs(reply, self.label_tokens)
+        except ValueError:
+            raise InputError(
+                f"the PRM server at {self.urls[s]} answered without logprobs (model {self.model!r}); it does not "
+                "support them or has them switched off"
+            ) from None
+
+    def _ask_again(self, per_server: list[list[dict]], parsed: dict) -> int:
+        """Ask bounded steps again with 10x more top logprobs, while the server returned all it was asked for,
+        up to `max_top_logprobs`, until the server refuses (remembered). Updates `parsed`; returns the requests."""
+        from .openai_client import RequestError, run_sync
+
+        k, sent = self.top_logprobs, 0
+        while k < self.max_top_logprobs:
+            nk = min(self.max_top_logprobs, k * 10)
+            todo = [(s, j) for (s, j), (_, approx, n) in parsed.items() if approx and n >= k and not self.capped[s]]
+            if not todo:
+                break
+            again: list[list[dict]] = [[] for _ in self.urls]
+            back: list[list[int]] = [[] for _ in self.urls]
+            for s, j in todo:
+                again[s].append({**per_server[s][j], "top_logprobs": nk})
+                back[s].append(j)
+            replies = run_sync(self._send(again, refusals_ok=True))
+            for s, (js, rs) in enumerate(zip(back, replies)):
+                for j, r in zip(js, rs):
+                    sent += 1
+                    if isinstance(r, RequestError):  # more than its maximum: keep the bound
+                        self.capped[s] = True
+                    else:
+                        parsed[(s, j)] = self._parse(r, s)
+            k = nk
+        return sent
 
     def _count_usage(self, usage: dict) -> None:
         self.counts["prompt_tokens"] += int(usage.get("prompt_tokens") or 0)
@@ -406,8 +450,8 @@ def counts_line(counts: dict) -> str:
     per = counts["requests"] / max(1, counts["solutions"])
     return (
         f"{counts['requests']} requests ({per:.1f} per solution), {counts['prompt_tokens']} prompt tokens{cache}, "
-        f"{counts['bounded_steps']} of {counts['steps']} steps bounded (label token not in the top "
-        f"{counts['top_logprobs']})"
+        f"{counts['bounded_steps']} of {counts['steps']} steps bounded (a label token not among the logprobs "
+        "returned)"
     )
 
 
@@ -438,6 +482,13 @@ def add_engine_options(p, api_key: bool = True) -> None:
         type=int,
         default=DEFAULT_TOP_LOGPROBS,
         help=f"openai: logprobs per step the server returns (its maximum; vLLM's default {DEFAULT_TOP_LOGPROBS})",
+    )
+    g.add_argument(
+        "--max-top-logprobs",
+        type=int,
+        default=MAX_TOP_LOGPROBS,
+        help="openai: ask a step whose label token was not returned again with 10x more logprobs, up to this or "
+        f"the server's refusal ({MAX_TOP_LOGPROBS}; = --top-logprobs: never)",
     )
     g.add_argument(
         "--no-logprob-token-ids",
@@ -477,4 +528,5 @@ def engine_options(a) -> dict:
         "retries": a.prm_retries,
         "max_tiles": getattr(a, "max_tiles", None),
         "send_token_ids": not a.no_logprob_token_ids,
+        "max_top_logprobs": a.max_top_logprobs,
     }
