@@ -305,7 +305,7 @@ def test_search_with_openai_equals_the_folder(served, tmp_path):
     for name, prm in (("f", str(folder)), ("e", f"openai:{folder}@{url}")):
         args = ["search", "--policy", "synthetic", "--prm", prm, "--problems", str(tmp_path / "syn/problems.jsonl")]
         args += ["--out", str(tmp_path / name), "--method", "bon,beam", "--width", "2", "--expand", "2"]
-        assert main(args + ["--limit", "2"]) == 0
+        assert main(args + ["--limit", "1"]) == 0
         results[name] = _lines(tmp_path / name / "samples.jsonl")
     assert [s["response"] for s in results["e"]] == [s["response"] for s in results["f"]]
     assert _maxdiff([s["step_scores"] for s in results["e"]], [s["step_scores"] for s in results["f"]]) < 1e-5

@@ -19,8 +19,8 @@ reports the count (the figure is then approximate).
 
 The n requests of a solution are sent together (the server's prefix cache then makes them cost about one pass),
 and all solutions of a call pipeline with at most `concurrency` requests in flight per server. With several
-servers (`openai:MODEL@URL1,URL2`), a problem (question + images) always goes to the same server, chosen by a
-hash, so its candidates and its growing prefixes meet that server's prefix cache. Requests, prompt tokens
+servers (`openai:MODEL@URL1,URL2`), a problem always goes to the same server, chosen by a hash of its question
+text, so its candidates and its growing prefixes meet that server's prefix cache. Requests, prompt tokens
 (`usage.prompt_tokens`) and cached prompt tokens (`usage.prompt_tokens_details.cached_tokens`, where the server
 reports them) are counted (`engine_counts()`).
 
