@@ -570,10 +570,14 @@ def run_bench(
     concurrency: int = 8,
     report: bool = True,
     engine=None,
+    api_key: str | None = None,
+    engine_options: dict | None = None,
 ) -> int:
     """Score a critic benchmark and write OUT/results.json, OUT/samples.jsonl and OUT/report.html.
 
-    Exactly one of `prm`, `scores`, `judge` (or a ready `engine` with `score_steps`) gives the step scores."""
+    Exactly one of `prm`, `scores`, `judge` (or a ready `engine` with `score_steps`) gives the step scores. `prm`:
+    a folder or any spec `scoring.load_prm` takes (`openai:MODEL@URL` with `engine_options`). `system_prompt`:
+    True (the PRM's default), False or the text."""
     from . import __version__
 
     given = [x for x in (prm, scores, judge, engine) if x is not None]
@@ -598,13 +602,15 @@ def run_bench(
         source = {"scores": str(scores)}
     else:
         if engine is None and prm is not None:
-            from .scoring import Scorer
+            from .scoring import load_prm
 
-            engine = Scorer.from_pretrained(
+            engine = load_prm(
                 prm,
+                api_key=api_key,
+                **(engine_options or {}),
                 device=device,
                 dtype=dtype,
-                system_prompt=None if system_prompt else False,
+                system_prompt=None if system_prompt is True else system_prompt,
                 batch_size=batch_size,
                 max_length=max_length,
                 label_mode=label_mode,
@@ -674,6 +680,8 @@ def run_bench(
     details = getattr(engine, "details", None)
     if hasattr(engine, "summary"):
         results["judge_parse"] = engine.summary()
+    if hasattr(engine, "engine_counts"):  # a PRM behind a server: requests, tokens, bounded steps
+        results["prm_engine"] = engine.engine_counts()
     results["seconds"] = round(time.time() - t0, 2)
 
     samples = []
@@ -709,5 +717,9 @@ def run_bench(
         ]
         bench_report(results, samples, texts, out / "report.html")
     print(format_table(results))
+    if "prm_engine" in results:
+        from .remote_prm import counts_line
+
+        print(f"PRM engine: {counts_line(results['prm_engine'])}")
     print(f"wrote {out / 'results.json'}, {out / 'samples.jsonl'}" + (f", {out / 'report.html'}" if report else ""))
     return 0

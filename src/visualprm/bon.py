@@ -337,10 +337,13 @@ def bon_file(
     report: bool = True,
     engine=None,
     orm_engine=None,
+    api_key: str | None = None,
+    engine_options: dict | None = None,
 ) -> int:
     """Score all candidates, write OUT/picks.jsonl; with gold answers also results.json, samples.jsonl,
-    bon_curve.png and report.html. `orm`: an ORM folder, or `prm` to run the PRM itself with the whole solution
-    as one step. `engine` / `orm_engine`: ready scorers (tests)."""
+    bon_curve.png and report.html. `prm` (and `orm`): a folder or any spec `scoring.load_prm` takes
+    (`openai:MODEL@URL` with `engine_options`); `orm="prm"` runs the PRM itself with the whole solution as one
+    step. `system_prompt`: True (the PRM's default), False or the text. `engine` / `orm_engine`: ready scorers."""
     from . import __version__
 
     if aggregate not in AGGREGATES:
@@ -356,13 +359,15 @@ def bon_file(
         check = load_checker(checker)
 
     def load(path):
-        from .scoring import Scorer
+        from .scoring import load_prm
 
-        return Scorer.from_pretrained(
+        return load_prm(
             path,
+            api_key=api_key,
+            **(engine_options or {}),
             device=device,
             dtype=dtype,
-            system_prompt=None if system_prompt else False,
+            system_prompt=None if system_prompt is True else system_prompt,
             batch_size=batch_size,
             max_length=max_length,
             label_mode=label_mode,
@@ -420,6 +425,10 @@ def bon_file(
                 )
     schema.write_jsonl(out / "picks.jsonl", picks)
     print(f"wrote {out / 'picks.jsonl'} ({len(picks)} problems, {time.time() - t0:.1f}s)")
+    if hasattr(engine, "engine_counts"):
+        from .remote_prm import counts_line
+
+        print(f"PRM engine: {counts_line(engine.engine_counts())}")
     if not eval_records:
         print("no gold answers: picks only, no evaluation")
         return 0
@@ -446,6 +455,8 @@ def bon_file(
     }
     if hasattr(engine, "summary"):
         results["judge_parse"] = engine.summary()
+    if hasattr(engine, "engine_counts"):  # a PRM behind a server: requests, tokens, bounded steps
+        results["prm_engine"] = engine.engine_counts()
     schema.write_jsonl(out / "samples.jsonl", samples)
     schema.write_json(out / "results.json", results)
     from .report import bon_curve_png, bon_report

@@ -17,6 +17,7 @@ from .cli_common import POLICY_HELP, add_config_options, use_defaults_help
 from .cli_common import positive_int as _positive_int
 from .cli_data import add_data_commands
 from .convert import add_convert_command
+from .remote_prm import add_engine_options, engine_options, system_prompt_arg
 from .schema import InputError
 
 AGGREGATES = ("mean", "min", "max", "last", "prod")
@@ -54,28 +55,44 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_score(a: argparse.Namespace) -> int:
+    from .openai_client import ServerUnavailable
     from .scoring import score_file
 
-    return score_file(
-        prm=a.prm,
-        input_path=a.input,
-        out_path=a.out,
-        aggregate=a.aggregate,
-        batch_size=a.batch_size,
-        image_root=a.image_root,
-        system_prompt=not a.no_system_prompt,
-        device=a.device,
-        dtype=a.dtype,
-        max_steps=a.max_steps,
-        max_length=a.max_length,
-        label_mode=a.label_mode,
-        splitter=a.splitter,
-    )
+    try:
+        return score_file(
+            prm=a.prm,
+            input_path=a.input,
+            out_path=a.out,
+            aggregate=a.aggregate,
+            batch_size=a.batch_size,
+            image_root=a.image_root,
+            system_prompt=system_prompt_arg(a),
+            device=a.device,
+            dtype=a.dtype,
+            max_steps=a.max_steps,
+            max_length=a.max_length,
+            label_mode=a.label_mode,
+            splitter=a.splitter,
+            api_key=a.api_key,
+            engine_options=engine_options(a),
+        )
+    except ServerUnavailable as e:
+        print(f"visualprm score: error: {e}", file=sys.stderr)
+        return 1
 
 
 def _cmd_bon(a: argparse.Namespace) -> int:
     from .bon import bon_file
+    from .openai_client import ServerUnavailable
 
+    try:
+        return _bon(a, bon_file)
+    except ServerUnavailable as e:
+        print(f"visualprm bon: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _bon(a: argparse.Namespace, bon_file) -> int:
     return bon_file(
         prm=a.prm,
         input_path=a.input,
@@ -83,7 +100,7 @@ def _cmd_bon(a: argparse.Namespace) -> int:
         aggregate=a.aggregate,
         batch_size=a.batch_size,
         image_root=a.image_root,
-        system_prompt=not a.no_system_prompt,
+        system_prompt=system_prompt_arg(a),
         device=a.device,
         dtype=a.dtype,
         max_steps=a.max_steps,
@@ -100,6 +117,8 @@ def _cmd_bon(a: argparse.Namespace) -> int:
         checker=a.checker,
         share_prefix=not a.no_share_prefix,
         max_batch_tokens=a.max_batch_tokens,
+        api_key=a.api_key,
+        engine_options=engine_options(a),
     )
 
 
@@ -126,11 +145,13 @@ def _cmd_bench(a: argparse.Namespace) -> int:
             heldout=a.heldout,
             device=a.device,
             dtype=a.dtype,
-            system_prompt=not a.no_system_prompt,
+            system_prompt=system_prompt_arg(a),
             batch_size=a.batch_size,
             max_length=a.max_length,
             label_mode=a.label_mode,
             concurrency=a.concurrency,
+            api_key=a.api_key,
+            engine_options=engine_options(a),
         )
     except ServerUnavailable as e:
         print(f"visualprm bench: error: {e}", file=sys.stderr)
@@ -155,7 +176,8 @@ def _cmd_serve(a: argparse.Namespace) -> int:
         port=a.port,
         device=a.device,
         dtype=a.dtype,
-        system_prompt=not a.no_system_prompt,
+        system_prompt=system_prompt_arg(a),
+        engine_options=engine_options(a),
         label_mode=a.label_mode,
         log_level=a.log_level,
         torch_threads=a.torch_threads,
@@ -209,7 +231,11 @@ def _cmd_search(a: argparse.Namespace) -> int:
     )
     scorer_options = {"device": a.device, "dtype": a.dtype, "batch_size": a.batch_size}
     scorer_options |= {"max_length": a.max_length, "label_mode": a.label_mode}
-    scorer_options["system_prompt"] = None if not a.no_system_prompt else False
+    system_prompt = system_prompt_arg(a)
+    scorer_options["system_prompt"] = None if system_prompt is True else system_prompt
+    scorer_options |= engine_options(a)
+    # --api-key: the key of the PRM's server (visualprm serve: default $VISUALPRM_API_KEY; openai: $OPENAI_API_KEY)
+    prm_key = a.api_key or (os.environ.get("VISUALPRM_API_KEY") if a.prm.startswith("http") else None) or None
     policy_options = {"retries": a.retries, "timeout": a.timeout, "device": a.device, "dtype": a.dtype}
     policy_options["batch_size"] = a.policy_batch_size
     try:
@@ -228,7 +254,7 @@ def _cmd_search(a: argparse.Namespace) -> int:
             image_root=a.image_root,
             scorer_options=scorer_options,
             policy_options=policy_options,
-            api_key=a.api_key or os.environ.get("VISUALPRM_API_KEY") or None,
+            api_key=prm_key,
         )
     except ServerUnavailable as e:
         print(f"visualprm search: error: {e}", file=sys.stderr)
@@ -276,7 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
         "question, images and steps (or a response, split on blank lines). Output: every input record with "
         "step_scores, score and aggregate added."
     )
-    p.add_argument("--prm", required=True, help="PRM folder (model + processor), or a hub id where online")
+    p.add_argument(
+        "--prm", required=True, help="PRM folder (model + processor), or openai:MODEL@URL[,URL2..] (a served PRM)"
+    )
     p.add_argument("--input", required=True, help="JSONL of solutions")
     p.add_argument("--out", required=True, help="output JSONL (written atomically)")
     p.add_argument("--aggregate", choices=AGGREGATES, default="mean", help="step scores -> one score")
@@ -288,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="custom step splitter: blank|markers|re:PATTERN|module:function (default: blank)",
     )
     _add_model_options(p)
+    add_engine_options(p)
     p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser("bon", help="Best-of-N: pick the best candidate per problem (and evaluate with gold answers)")
@@ -295,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Score the N candidate responses of every problem and pick the argmax of the aggregate (ties: lower "
         "index). Writes OUT/picks.jsonl; with gold answers also the Best-of-N evaluation."
     )
-    p.add_argument("--prm", default=None, help="PRM folder")
+    p.add_argument("--prm", default=None, help="PRM folder, or openai:MODEL@URL[,URL2..] (a served PRM)")
     p.add_argument("--judge", default=None, help="instead of a PRM: an MLLM judge, openai:MODEL@URL")
     p.add_argument(
         "--orm", default=None, help="also evaluate an ORM: a folder, or 'prm' (the PRM, whole solution as one step)"
@@ -330,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-image", action="store_true", help="score without the images (text-only scorer)")
     p.add_argument("--concurrency", type=_positive_int, default=8, help="judge requests in flight")
     _add_model_options(p)
+    add_engine_options(p)
     p.set_defaults(func=_cmd_bon)
 
     p = sub.add_parser("make-tiny-model", help="build a tiny random-weight PRM of a real architecture, offline")
@@ -358,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Serve a PRM over HTTP: POST /v1/score, POST /v1/bon, GET /health, GET /metrics (Prometheus), docs at "
         "/docs. Concurrent requests are batched together. Binds 127.0.0.1 unless --host says otherwise."
     )
-    p.add_argument("--prm", required=True, help="PRM folder (model + processor)")
+    p.add_argument("--prm", required=True, help="PRM folder (model + processor), or openai:MODEL@URL[,URL2..]")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port")
     p.add_argument(
@@ -397,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("critical", "error", "warning", "info", "debug"),
         help="server log level",
     )
+    add_engine_options(p, api_key=False)  # the engine's key: $OPENAI_API_KEY (--api-key is this service's)
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("bench", help="evaluate a critic on VisualProcessBench or ProcessBench")
@@ -408,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--bench", required=True, action="append", help="benchmark file or folder (repeatable)")
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--prm", help="PRM folder")
+    g.add_argument("--prm", help="PRM folder, or openai:MODEL@URL[,URL2..] (a served PRM)")
     g.add_argument("--scores", help='JSONL: one {"step_scores": [..]} line per benchmark record, in order')
     g.add_argument("--judge", help="an MLLM judge: openai:MODEL@URL (API key: $OPENAI_API_KEY)")
     p.add_argument("--out", required=True, help="output folder")
@@ -432,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-image", action="store_true", help="score without the images (text-only PRM or judge)")
     p.add_argument("--concurrency", type=_positive_int, default=8, help="judge requests in flight")
     _add_model_options(p)
+    add_engine_options(p)
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("train", help="fine-tune a vision-language model into a PRM")
@@ -457,7 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
         "cost. Writes OUT/results.json and OUT/samples.jsonl and prints the table."
     )
     p.add_argument("--policy", required=True, help=POLICY_HELP)
-    p.add_argument("--prm", required=True, help="PRM folder, or http(s)://HOST:PORT of `visualprm serve`")
+    p.add_argument(
+        "--prm", required=True, help="PRM folder, openai:MODEL@URL[,URL2..], or http(s)://HOST:PORT (visualprm serve)"
+    )
     p.add_argument("--problems", required=True, help="JSONL: {id, images, question, answer, options?}")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--method", default="beam", help="bon, beam, lookahead, or a comma list of them")
@@ -488,11 +522,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--splitter", default=None, help="bon: step splitter blank|markers|re:PATTERN|module:function (default: blank)"
     )
     p.add_argument("--image-root", default=None, help="folder for relative image paths (default: the input's)")
-    p.add_argument("--api-key", default=None, help="--prm URL: the service's key (default $VISUALPRM_API_KEY)")
+    p.add_argument(
+        "--api-key", default=None, help="the PRM server's key (default $VISUALPRM_API_KEY, openai: $OPENAI_API_KEY)"
+    )
     p.add_argument("--retries", type=int, default=6, help="openai: retries per request")
     p.add_argument("--timeout", type=float, default=600.0, help="openai: seconds per request")
     p.add_argument("--policy-batch-size", type=_positive_int, default=8, help="hf policy: sequences per call")
     _add_model_options(p)
+    add_engine_options(p, api_key=False)
     p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser(

@@ -27,6 +27,8 @@ from typing import Any
 
 import httpx
 
+from .schema import InputError
+
 RETRY_STATUS = (429, 502, 503, 504)
 
 
@@ -213,3 +215,33 @@ class AsyncClient:
 
     async def __aexit__(self, *exc) -> None:
         await self.aclose()
+
+
+class RemoteScorer:
+    """`score_steps(items)` through `visualprm serve` (client.Client): one request per run of items that share a
+    question and images. Scores come back rounded to 6 decimals, as the service returns them."""
+
+    def __init__(self, url: str | None = None, api_key: str | None = None, client=None, timeout: float = 120.0):
+        if client is None and not url:
+            raise InputError("a RemoteScorer needs a URL or a client", field="url")
+        self.client = client if client is not None else Client(url, api_key=api_key, timeout=timeout)
+        self.processor = None
+
+    def score_steps(self, items: list[dict]) -> list[list[float]]:
+        out: list[list[float]] = []
+        i = 0
+        while i < len(items):
+            j = i + 1
+            while j < len(items) and items[j]["question"] == items[i]["question"] and _same(items[j], items[i]):
+                j += 1
+            res = self.client.score(
+                items[i]["question"], [it["steps"] for it in items[i:j]], images=items[i].get("images") or None
+            )
+            out += [r["step_scores"] for r in res]
+            i = j
+        return out
+
+
+def _same(a: dict, b: dict) -> bool:
+    ia, ib = a.get("images") or [], b.get("images") or []
+    return len(ia) == len(ib) and all(x is y for x, y in zip(ia, ib))

@@ -3,6 +3,7 @@
     from visualprm.rewards import prm_reward, answer_reward
     prm = prm_reward(Scorer.from_pretrained("out/prm"), aggregate="mean")        # in-process
     prm = prm_reward(url="http://127.0.0.1:8000", aggregate="min")               # `visualprm serve`
+    prm = prm_reward("openai:/models/prm@http://gpu1:8000,http://gpu2:8000")     # vLLM / SGLang servers
     trainer = GRPOTrainer(model=..., reward_funcs=[prm, answer_reward()], ...)
 
 A reward function is called as `reward(prompts, completions, **columns)`, where `columns` are the dataset's other
@@ -36,6 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .client import RemoteScorer  # noqa: F401  (re-exported: rewards.RemoteScorer)
 from .schema import InputError
 
 # Columns TRL adds to the keyword arguments that are not dataset columns.
@@ -123,38 +125,6 @@ def _group_key(question: str, images: list) -> str:
 # Backends
 
 
-class RemoteScorer:
-    """`score_steps(items)` through `visualprm serve` (client.Client): one request per run of items that share a
-    question and images. Scores come back rounded to 6 decimals, as the service returns them."""
-
-    def __init__(self, url: str | None = None, api_key: str | None = None, client=None, timeout: float = 120.0):
-        from .client import Client
-
-        if client is None and not url:
-            raise InputError("a RemoteScorer needs a URL or a client", field="url")
-        self.client = client if client is not None else Client(url, api_key=api_key, timeout=timeout)
-        self.processor = None
-
-    def score_steps(self, items: list[dict]) -> list[list[float]]:
-        out: list[list[float]] = []
-        i = 0
-        while i < len(items):
-            j = i + 1
-            while j < len(items) and items[j]["question"] == items[i]["question"] and _same(items[j], items[i]):
-                j += 1
-            res = self.client.score(
-                items[i]["question"], [it["steps"] for it in items[i:j]], images=items[i].get("images") or None
-            )
-            out += [r["step_scores"] for r in res]
-            i = j
-        return out
-
-
-def _same(a: dict, b: dict) -> bool:
-    ia, ib = a.get("images") or [], b.get("images") or []
-    return len(ia) == len(ib) and all(x is y for x, y in zip(ia, ib))
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Reward functions
 
@@ -172,9 +142,12 @@ def prm_reward(
     question_key: str = "question",
     empty_reward: float | None = 0.0,
     name: str | None = None,
+    prm_options: dict | None = None,
 ) -> Callable[..., list]:
     """A TRL reward function scoring completions with a PRM: give `scorer` (anything with `score_steps`, e.g. a
-    `Scorer`), or `url` (+ `api_key`) of `visualprm serve`, or a `client.Client`. See the module docstring."""
+    `Scorer` or a `remote_prm.OpenAIScorer`, or a PRM spec for `scoring.load_prm`: a folder or
+    `openai:MODEL@URL[,URL2...]`, with `api_key` and `prm_options` such as `concurrency`, `prm_folder`), or
+    `url` (+ `api_key`) of `visualprm serve`, or a `client.Client`. See the module docstring."""
     from .schema import load_splitter
     from .scoring import AGGREGATES
     from .scoring import aggregate as reduce
@@ -183,6 +156,10 @@ def prm_reward(
         raise InputError("give exactly one of scorer, url or client", field="scorer")
     if aggregate not in AGGREGATES:
         raise InputError(f"unknown aggregate {aggregate!r}; choose from {', '.join(AGGREGATES)}", field="aggregate")
+    if isinstance(scorer, str):
+        from .scoring import load_prm
+
+        scorer = load_prm(scorer, api_key=api_key, **(prm_options or {}))
     if scorer is None and client is None:
         from .client import Client
 
@@ -210,6 +187,13 @@ def prm_reward(
             if rows[-1][2]:
                 groups.setdefault(_group_key(question, images), []).append(i)
         out: list = [[] if per_step else empty_reward for _ in rows]
+        if hasattr(scorer, "engine_counts"):  # a served PRM: every group's requests in flight together
+            gs = [{"question": rows[ix[0]][0], "images": rows[ix[0]][1], "solutions": [rows[i][2] for i in ix]}
+                  for ix in groups.values()]  # fmt: skip
+            for idx, raw in zip(groups.values(), scorer.score_groups(gs)):
+                for i, s in zip(idx, raw):
+                    out[i] = [round(x, 6) for x in s] if per_step else round(reduce(s, aggregate), 6)
+            return out
         for idx in groups.values():  # one scorer call or one HTTP request per prompt group
             question, images, _ = rows[idx[0]]
             for i, (steps, agg) in zip(idx, score_group(question, images, [rows[i][2] for i in idx])):

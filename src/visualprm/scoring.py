@@ -309,9 +309,18 @@ def score_records(scorer: Scorer, records: list[tuple[Loc, dict]], progress: boo
     from tqdm import tqdm
 
     chunk = max(1, scorer.batch_size) * 4
-    bar = tqdm(total=len(records), desc="scoring", unit="sol", disable=not progress, file=sys.stderr)
+    with tqdm(total=len(records), desc="scoring", unit="sol", disable=not progress, file=sys.stderr) as bar:
+        yield from _score_chunks(scorer, records, chunk, bar)  # the bar ends its line before an error shows
+
+
+def _score_chunks(scorer, records, chunk, bar):
     for start in range(0, len(records), chunk):
         part = records[start : start + chunk]
+        if not hasattr(scorer, "score_encoded"):  # a scorer without a model here (remote_prm.OpenAIScorer)
+            for (_, sol), s in zip(part, scorer.score_steps([item_from(sol, loc) for loc, sol in part])):
+                yield sol, s
+            bar.update(len(part))
+            continue
         encoded = []
         for loc, sol in part:
             try:
@@ -323,7 +332,6 @@ def score_records(scorer: Scorer, records: list[tuple[Loc, dict]], progress: boo
         for (_, sol), s in zip(part, scorer.score_encoded(encoded)):
             yield sol, s
         bar.update(len(part))
-    bar.close()
 
 
 def score_file(
@@ -340,8 +348,13 @@ def score_file(
     max_length: int | None = None,
     label_mode: str = "auto",
     splitter: str | None = None,
+    api_key: str | None = None,
+    engine_options: dict | None = None,
 ) -> int:
-    """`visualprm score`: every input record written back with `step_scores`, `score`, `aggregate` added."""
+    """`visualprm score`: every input record written back with `step_scores`, `score`, `aggregate` added.
+
+    `prm`: a folder, or `openai:MODEL@URL` (`engine_options` for it, see `load_prm`). `system_prompt`: True (the
+    PRM's recorded default), False (none) or the text."""
     from .schema import load_splitter
 
     t0 = time.time()
@@ -349,14 +362,16 @@ def score_file(
         raise InputError(f"unknown aggregate {aggregate!r} (expected one of {', '.join(AGGREGATES)})")
     split_fn = load_splitter(splitter) if splitter else None
     records = load_solutions(input_path, image_root, max_steps, split_fn)
-    scorer = Scorer.from_pretrained(
+    scorer = load_prm(
         prm,
+        api_key=api_key,
         device=device,
         dtype=dtype,
         label_mode=label_mode,
-        system_prompt=None if system_prompt else False,
+        system_prompt=None if system_prompt is True else system_prompt,
         batch_size=batch_size,
         max_length=max_length,
+        **(engine_options or {}),
     )
     out, n_steps = [], 0
     for sol, s in score_records(scorer, records):
@@ -369,5 +384,36 @@ def score_file(
     write_jsonl(out_path, out)
     dt = time.time() - t0
     rate = len(out) / max(dt, 1e-9)
-    print(f"scored {len(out)} records, {n_steps} steps in {dt:.1f}s ({rate:.1f} records/s) -> {out_path}")
+    line = f"scored {len(out)} records, {n_steps} steps in {dt:.1f}s ({rate:.1f} records/s) -> {out_path}"
+    if hasattr(scorer, "engine_counts"):
+        from .remote_prm import counts_line
+
+        line += f"; {counts_line(scorer.engine_counts())}"
+    print(line)
     return 0
+
+
+def load_prm(spec: str, *, api_key: str | None = None, **scorer_options):
+    """The scorer a PRM spec names, for every command that takes `--prm`:
+
+    - a folder (or a hub id where online): the in-process `Scorer.from_pretrained(spec, **scorer_options)`;
+    - `openai:MODEL@URL[,URL2...]`: `remote_prm.OpenAIScorer` (a PRM behind OpenAI-compatible servers) with the
+      options it takes (`remote_prm.ENGINE_OPTIONS`; in-process ones such as device or batch_size are ignored);
+      `api_key` default $OPENAI_API_KEY;
+    - `http(s)://HOST:PORT`: the `visualprm serve` client scorer (`client.RemoteScorer`), `api_key` its key.
+
+    Options of one kind that the other does not take are dropped, so a command passes all of its options."""
+    from .remote_prm import ENGINE_OPTIONS, OpenAIScorer, is_engine_spec
+
+    if is_engine_spec(spec):
+        kw = {k: v for k, v in scorer_options.items() if k in ENGINE_OPTIONS and v is not None}
+        return OpenAIScorer.from_spec(spec, api_key=api_key, **kw)
+    if spec.startswith(("http://", "https://")):
+        from .client import RemoteScorer
+
+        return RemoteScorer(spec, api_key=api_key)
+    engine_only = set(ENGINE_OPTIONS) - {"system_prompt", "label_mode", "max_tiles"}
+    kw = {k: v for k, v in scorer_options.items() if k not in engine_only}
+    if kw.get("max_tiles") is None:
+        kw.pop("max_tiles", None)  # only checkpoints whose loader takes it (converted InternVL) get it
+    return Scorer.from_pretrained(spec, **kw)

@@ -378,14 +378,10 @@ def run_jobs(
 
 
 def load_prm(prm: str, api_key: str | None = None, **scorer_options):
-    """A scorer from a PRM folder (in-process `Scorer`) or an `http(s)://` URL of `visualprm serve`."""
-    if prm.startswith(("http://", "https://")):
-        from .rewards import RemoteScorer
+    """A scorer from a PRM spec: `scoring.load_prm` (kept here for callers of `search.load_prm`)."""
+    from .scoring import load_prm as resolve
 
-        return RemoteScorer(prm, api_key=api_key)
-    from .scoring import Scorer
-
-    return Scorer.from_pretrained(prm, **scorer_options)
+    return resolve(prm, api_key=api_key, **scorer_options)
 
 
 def token_counter(how: str, scorer) -> Callable[[str], int]:
@@ -460,7 +456,8 @@ def search_file(
     """`visualprm search`: run each method on every problem; write OUT/results.json and OUT/samples.jsonl.
 
     `policy`: a spec (`synthetic`, `hf:PATH`, `openai:MODEL@URL`, `vllm:...`) or a Policy object. `prm`: a PRM
-    folder, an `http(s)://` URL of `visualprm serve`, or any object with `score_steps(items)`. `budgets`: a token
+    folder, `openai:MODEL@URL` (a PRM behind OpenAI-compatible servers), an `http(s)://` URL of `visualprm serve`
+    (see `scoring.load_prm`), or any object with `score_steps(items)`. `budgets`: a token
     budget per problem id that replaces `config.budget` for that problem (e.g. what Best-of-N spent on it).
     """
     from tqdm import tqdm
@@ -565,6 +562,8 @@ def search_file(
         "methods": by_method,
         "seconds": round(time.time() - t_start, 2),
     }
+    if hasattr(scorer, "engine_counts"):  # a PRM behind a server: requests, tokens, bounded steps
+        results["prm_engine"] = scorer.engine_counts()
     write_jsonl(f"{out_dir}/samples.jsonl", samples)
     write_json(f"{out_dir}/results.json", results)
     print(format_table(by_method))

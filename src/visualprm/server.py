@@ -582,16 +582,18 @@ def serve(
     label_mode: str = "auto",
     log_level: str = "info",
     torch_threads: int | None = None,
+    engine_options: dict | None = None,
     **options,
 ) -> int:
-    """Load the PRM and serve it until interrupted (`visualprm serve`).
+    """Load the PRM and serve it until interrupted (`visualprm serve`). `prm`: a folder, or `openai:MODEL@URL`
+    (the service then fronts OpenAI-compatible servers; `engine_options` for it, see `scoring.load_prm`).
 
     `torch_threads`: CPU threads for torch. On a small shared CPU machine, 1 leaves a core to the event loop and
     avoids OpenMP threads spinning against each other (on a 2-core machine under load it was several times faster).
     """
     import uvicorn
 
-    from .scoring import Scorer
+    from .scoring import load_prm
 
     if torch_threads:
         import torch
@@ -599,12 +601,13 @@ def serve(
         torch.set_num_threads(torch_threads)
 
     # system_prompt None: what `train` recorded with the checkpoint (on by default), as `visualprm score` does.
-    kw: dict[str, Any] = {"device": device, "dtype": dtype, "system_prompt": None if system_prompt else False}
+    kw: dict[str, Any] = {"device": device, "dtype": dtype, **(engine_options or {})}
+    kw["system_prompt"] = None if system_prompt is True else system_prompt
     kw |= {"batch_size": options.get("max_batch_size", ServeOptions.max_batch_size)}
     kw |= {"max_length": options.get("max_tokens"), "label_mode": label_mode}
     opts = make_options(**options)  # bad options fail before the model loads
     t0 = time.time()
-    scorer = Scorer.from_pretrained(prm, **kw)
+    scorer = load_prm(prm, **kw)
     app = build_app(scorer, **options)
     print(
         f"visualprm serve: loaded {prm} in {time.time() - t0:.1f}s; listening on http://{host}:{port} "
