@@ -396,7 +396,7 @@ def bon_eval(
         if prm is None:
             raise InputError("--prm is needed to score the candidates", field="prm")
         if isinstance(prm, str):
-            from .search import load_prm  # (moving to scoring.load_prm with `openai:` specs)
+            from .scoring import load_prm  # (moving to scoring.load_prm with `openai:` specs)
 
             engine = load_prm(prm, **(prm_options or {}))
         else:

@@ -585,8 +585,6 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    if getattr(args, "max_tiles", None):  # read by Scorer.from_pretrained, in this process and its children
-        os.environ["VISUALPRM_MAX_TILES"] = str(args.max_tiles)
     try:
         return int(args.func(args) or 0)
     except InputError as e:
@@ -595,9 +593,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"visualprm {args.command}: interrupted", file=sys.stderr)
         return 130
-    finally:
-        if getattr(args, "max_tiles", None):
-            os.environ.pop("VISUALPRM_MAX_TILES", None)
 
 
 if __name__ == "__main__":

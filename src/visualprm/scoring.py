@@ -115,10 +115,10 @@ class Scorer:
         **kwargs,
     ) -> Scorer:
         """Load a PRM folder. `label_mode="auto"` and `system_prompt=None` take what `train` (or `convert`)
-        recorded. `max_tiles` (else $VISUALPRM_MAX_TILES) caps an InternVL model's image tiles."""
+        recorded. `max_tiles` caps an InternVL model's image tiles."""
         from .model import load_model, read_prm_config
 
-        max_tiles = kwargs.pop("max_tiles", None) or int(os.environ.get("VISUALPRM_MAX_TILES") or 0) or None
+        max_tiles = kwargs.pop("max_tiles", None)
 
         saved = read_prm_config(path) if Path(path).exists() else {}
         if label_mode == "auto":
