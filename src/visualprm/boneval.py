@@ -396,7 +396,7 @@ def bon_eval(
         if prm is None:
             raise InputError("--prm is needed to score the candidates", field="prm")
         if isinstance(prm, str):
-            from .scoring import load_prm  # (moving to scoring.load_prm with `openai:` specs)
+            from .scoring import load_prm
 
             engine = load_prm(prm, **(prm_options or {}))
         else:
@@ -453,7 +453,9 @@ def add_bon_eval_command(sub) -> None:
     p.add_argument("--benchmark", action="append", required=True, metavar="NAME=PATH",
                    help=f"a benchmark file (repeatable); NAME one of {', '.join(evalsets.BENCHMARKS)}")  # fmt: skip
     p.add_argument("--policy", required=True, help=POLICY_HELP)
-    p.add_argument("--prm", help="PRM folder or http(s):// URL of `visualprm serve`")
+    p.add_argument(
+        "--prm", help="PRM folder, openai:MODEL@URL[,URL2..] (a served PRM), or http(s):// URL of `visualprm serve`"
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--n", type=_positive_int, default=8, help="candidates per item")
     p.add_argument("--limit", type=_positive_int, help="first K items (seed questions / composite problems)")
