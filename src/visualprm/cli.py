@@ -13,6 +13,7 @@ import sys
 import time
 
 from .cli_data import add_data_commands
+from .ray_jobs import add_ray_options
 from .schema import InputError
 
 
@@ -49,6 +50,13 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 def _cmd_score(a: argparse.Namespace) -> int:
     from .scoring import score_file
 
+    if a.ray is not None:  # the same job on a Ray cluster (ray_jobs.py)
+        from functools import partial
+
+        from .ray_jobs import score_ray
+
+        score_file = partial(score_ray, address=a.ray, num_gpus_per_scorer=a.num_gpus_per_scorer)
+
     return score_file(
         prm=a.prm,
         input_path=a.input,
@@ -68,6 +76,13 @@ def _cmd_score(a: argparse.Namespace) -> int:
 
 def _cmd_bon(a: argparse.Namespace) -> int:
     from .bon import bon_file
+
+    if a.ray is not None:  # the same job on a Ray cluster (ray_jobs.py)
+        from functools import partial
+
+        from .ray_jobs import bon_ray
+
+        bon_file = partial(bon_ray, address=a.ray, num_gpus_per_scorer=a.num_gpus_per_scorer)
 
     return bon_file(
         prm=a.prm,
@@ -276,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=12, help="when splitting a response: at most this many steps")
     p.add_argument("--splitter", default=None, help="custom step splitter: blank|markers|re:PATTERN|module:function")
     _add_model_options(p)
+    add_ray_options(p, "scorer")
     p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser("bon", help="Best-of-N: pick the best candidate per problem (and evaluate with gold answers)")
@@ -307,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-image", action="store_true", help="score without the images (text-only scorer)")
     p.add_argument("--concurrency", type=_positive_int, default=8, help="judge requests in flight (8)")
     _add_model_options(p)
+    add_ray_options(p, "scorer")
     p.set_defaults(func=_cmd_bon)
 
     p = sub.add_parser("make-tiny-model", help="build a tiny random-weight PRM of a real architecture, offline")
