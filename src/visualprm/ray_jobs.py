@@ -525,7 +525,8 @@ def score_ray(
     def lines():
         results = _scored_chunks("score", prm, opts, {}, chunks, num_gpus_per_scorer, address, progress, len,
                                  "scoring (ray)", st)  # fmt: skip
-        for part, scores in zip(chunks, results):
+        for k, scores in enumerate(results):  # (not zip: the generator must run to its end)
+            part = chunks[k]
             for (_, sol), s in zip(part, scores):
                 rec = {k: v for k, v in sol.items() if not k.startswith("_")}
                 rec["step_scores"] = [round(x, 6) for x in s]
