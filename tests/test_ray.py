@@ -137,6 +137,36 @@ def test_bad_image_is_skipped_and_counted_like_the_plain_run(cluster, syn, tmp_p
     assert recs[4]["id"] not in {json.loads(x)["problem_id"] for x in sorted_lines(tmp_path / "ray.jsonl")}
 
 
+def test_openai_fleet_through_ray_equals_synthetic(cluster, syn, tmp_path):
+    from fake_openai import FakeOpenAI
+
+    from visualprm.schema import read_jsonl, resolve_images
+
+    probs = []
+    for loc, r in read_jsonl(syn):
+        r["images"] = resolve_images(r["images"], loc, syn.parent)
+        probs.append(r)
+    fakes = [FakeOpenAI(probs, fail_every=9), FakeOpenAI(probs)]
+    urls = [f.start() for f in fakes]
+    try:
+        kw = {"rollouts": 3, "seed": 5, "progress": False, "concurrency": 4}
+        spec = f"openai:syn@{urls[0]},{urls[1]}"  # a fleet: every actor spreads its requests over both servers
+        opts = {"retries": 5, "timeout": 10.0, "backoff": 0.01}
+        s = annotate_ray(str(syn), spec, str(tmp_path / "o.jsonl"), address="local", policy_options=opts, **kw)
+    finally:
+        for f in fakes:
+            f.stop()
+    assert s["this_run"]["failed_problems"] == 0 and s["problems"] == 12
+    assert all(f.count > 10 for f in fakes) and fakes[0].injected["500"] > 0
+    annotate_file(str(syn), "synthetic", str(tmp_path / "s.jsonl"), **kw)
+
+    def strip(path):
+        recs = [json.loads(x) for x in Path(path).read_text().splitlines()]
+        return sorted(json.dumps({k: v for k, v in r.items() if k not in ("policy", "annotate")}) for r in recs)
+
+    assert strip(tmp_path / "o.jsonl") == strip(tmp_path / "s.jsonl")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # score and bon on a tiny PRM
 

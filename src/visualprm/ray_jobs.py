@@ -11,7 +11,8 @@ they arrive, in the plain command's format. Workers never touch the output file.
   resume, `read_done` and exactly-once are the plain run's: a SIGKILLed driver leaves finished problems and at
   most a torn last line; re-running the command skips them. Seeds derive from the problem id and the step, so the
   lines equal a plain run's (order aside). A problem that fails (bad image, refused request, an exception) is
-  skipped and counted; a block lost with its actor after Ray's retries is counted failed, and a re-run redoes it.
+  skipped and counted. An actor that dies is restarted by Ray and its block retried (Ray Data's defaults); a
+  block that errors all the same is counted failed (not written), and a re-run redoes it.
 - score / bon: Scorer actors (one per `--num-gpus-per-scorer` GPUs, else one per CPU) score the same chunks the
   plain command scores (`scoring.score_records` / `bon._score_all`), so the batches, hence the floats, are the
   same; the driver writes in input order. bon's picks, evaluation and report are `bon.bon_file` itself, fed the
@@ -92,12 +93,6 @@ def _blocks(rows: list[dict], n_blocks: int):
     import ray.data
 
     return ray.data.from_items(rows, override_num_blocks=max(1, n_blocks))
-
-
-def _retry_args() -> dict:
-    # A dead actor is restarted and its block retried; a block that keeps killing its actor is given up on
-    # (max_errored_blocks below) and counted by the driver.
-    return {"max_restarts": 2, "max_task_retries": 2}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -329,7 +324,6 @@ def _annotate_stream(todo, policy, run, checker, splitter, options, concurrency,
         compute=ray.data.ActorPoolStrategy(size=n_actors),
         fn_constructor_args=(policy, {**run, "concurrency": conc}, checker, splitter, options, gpus),
         **res,
-        **_retry_args(),
     )
     stats: Counter = Counter()
     first_error: list[str] = []
@@ -455,7 +449,6 @@ def _scored_chunks(job, prm, opts, extra, chunks, gpus, address, progress, unit_
         compute=ray.data.ActorPoolStrategy(size=n_actors),
         fn_constructor_args=(job, prm, opts, extra),
         **res,
-        **_retry_args(),
     )
     t0 = time.time()
     worker_s = write_s = 0.0
