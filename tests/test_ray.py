@@ -55,6 +55,30 @@ def test_annotate_ray_equals_plain(cluster, syn, tmp_path, strategy, capsys):
     assert "resumed 12 finished problems" in capsys.readouterr().out and sorted_lines(rayed) == sorted_lines(plain)
 
 
+def test_unreachable_address_is_one_line_exit_2(syn, tmp_path, capsys):
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "o.jsonl"
+    argv = [
+        "annotate",
+        "--problems",
+        str(syn),
+        "--policy",
+        "synthetic",
+        "--out",
+        str(out),
+        "--ray",
+        f"127.0.0.1:{port}",
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"--ray 127.0.0.1:{port}: no Ray cluster answers there" in err and not out.exists()
+    assert main([*argv[:-1], "nonsense"]) == 2 and "expected local, auto, HOST:PORT" in capsys.readouterr().err
+
+
 SLOW_CHECKER = """
 import time
 from visualprm.answers import check as builtin

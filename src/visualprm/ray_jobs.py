@@ -47,11 +47,13 @@ def connect(address: str | None) -> float:
     import logging
 
     t0 = time.time()
+    # "default": ray.init()'s own choice (RAY_ADDRESS, or a cluster `ray start`ed here, else a new local one);
+    # "local": always a new local instance; "auto": an existing cluster; else an address (HOST:PORT, ray://..)
+    target = None if address in (None, "", "default") else address
+    if target not in (None, "local", "auto"):
+        _check_reachable(target)
     if not ray.is_initialized():
         kw = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": True}
-        # "default": ray.init()'s own choice (RAY_ADDRESS, or a cluster `ray start`ed here, else a new local one);
-        # "local": always a new local instance; "auto": an existing cluster; else an address (HOST:PORT, ray://..)
-        target = None if address in (None, "", "default") else address
         try:
             ray.init(address=target, **kw)
         except (ConnectionError, ValueError, RuntimeError) as e:
@@ -65,6 +67,20 @@ def connect(address: str | None) -> float:
     ctx.enable_auto_log_stats = False
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     return time.time() - t0
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """HOST:PORT or ray://HOST:PORT must accept a TCP connection (Ray itself waits minutes on a wrong address)."""
+    import socket
+
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"--ray {address!r}: expected local, auto, HOST:PORT or ray://HOST:PORT", field="ray")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise InputError(f"--ray {address}: no Ray cluster answers there ({e})", field="ray") from None
 
 
 def _resources() -> tuple[int, int]:
