@@ -153,8 +153,9 @@ def _load_policy(spec: str, prompt: str, concurrency: int, options: dict, gpus: 
     if urls and len(urls) > 1:
         model = spec[len("openai:") :].split("@", 1)[0]
         return _FleetPolicy([load_policy(f"openai:{model}@{u}", prompt, concurrency, **options) for u in urls])
-    if spec.startswith("vllm:") and gpus > 1:
-        options = {**options, "engine_kwargs": {"tensor_parallel_size": int(gpus), **options.get("engine_kwargs", {})}}
+    if spec.startswith("vllm:") and gpus > 1:  # tensor parallel over this actor's GPUs, in its own processes
+        tp = {"tensor_parallel_size": int(gpus), "distributed_executor_backend": "mp"}
+        options = {**options, "engine_kwargs": {**tp, **(options.get("engine_kwargs") or {})}}
     return load_policy(spec, prompt, concurrency, **options)
 
 
