@@ -83,32 +83,19 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         raise InputError(f"--ray {address}: no Ray cluster answers there ({e})", field="ray") from None
 
 
-def _resources() -> tuple[int, int]:
+def _pool(rows: list[dict], n_blocks: int, gpus_each: float, cpu_bound: bool = True):
+    """(dataset of `n_blocks` blocks, actors, per-actor resources): one actor per `gpus_each` GPUs when the
+    cluster has GPUs, else one per CPU (two per CPU for I/O-bound clients); never more actors than blocks."""
     import ray
-
-    res = ray.cluster_resources()
-    return int(res.get("CPU", 1)), int(res.get("GPU", 0))
-
-
-def _pool_size(n_blocks: int, gpus_each: float, cpu_bound: bool = True) -> tuple[int, dict]:
-    """(actors, per-actor resources): one per `gpus_each` GPUs when the cluster has GPUs, else one per CPU."""
-    cpus, gpus = _resources()
-    if gpus and gpus_each > 0:
-        n, res = max(1, int(gpus // gpus_each)), {"num_gpus": gpus_each, "num_cpus": 1}
-    else:
-        n, res = max(1, cpus if cpu_bound else 2 * cpus), {"num_cpus": 1 if cpu_bound else 0.5}
-    return max(1, min(n, n_blocks)), res
-
-
-def _stream(ds):
-    """Rows of a dataset as its blocks finish (Ray Data streaming execution)."""
-    yield from ds.iter_rows()
-
-
-def _blocks(rows: list[dict], n_blocks: int):
     import ray.data
 
-    return ray.data.from_items(rows, override_num_blocks=max(1, n_blocks))
+    res = ray.cluster_resources()
+    cpus, gpus = int(res.get("CPU", 1)), int(res.get("GPU", 0))
+    if gpus and gpus_each > 0:
+        n, each = max(1, int(gpus // gpus_each)), {"num_gpus": gpus_each, "num_cpus": 1}
+    else:
+        n, each = max(1, cpus if cpu_bound else 2 * cpus), {"num_cpus": 1 if cpu_bound else 0.5}
+    return ray.data.from_items(rows, override_num_blocks=max(1, n_blocks)), max(1, min(n, n_blocks)), each
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -298,16 +285,11 @@ def annotate_ray(
         mc._unlock(lock, out_path)
     summary = mc.summarize(out_path)
     elapsed = stages.get("seconds", 0.0)
+    this_run = {k: stats[k] for k in ("problems_done", "failed_problems", "rollouts", "rollouts_unparsed")}
+    this_run.update(empty_responses=stats["empty_responses"], seconds=round(elapsed, 2))
+    this_run["rollouts_per_second"] = round(stats["rollouts"] / elapsed, 1) if elapsed > 0 else 0.0
     summary.update(
-        this_run={
-            "problems_done": stats["problems_done"],
-            "failed_problems": stats["failed_problems"],
-            "rollouts": stats["rollouts"],
-            "rollouts_unparsed": stats["rollouts_unparsed"],
-            "empty_responses": stats["empty_responses"],
-            "seconds": round(elapsed, 2),
-            "rollouts_per_second": round(stats["rollouts"] / elapsed, 1) if elapsed > 0 else 0.0,
-        },
+        this_run=this_run,
         shard=f"{shard_i}/{shard_n}",
         resumed_problems=n_resumed,
         bad_problems=len(bad),
@@ -331,11 +313,11 @@ def _annotate_stream(todo, policy, run, checker, splitter, options, concurrency,
     n_blocks = math.ceil(len(todo) / conc)
     kind = policy.split(":", 1)[0]
     gpu_kind = kind in ("hf", "vllm")
-    n_actors, res = _pool_size(n_blocks, gpus if gpu_kind else 0, cpu_bound=kind != "openai")
     ray.data.DataContext.get_current().max_errored_blocks = n_blocks
     by_id = {p["id"]: p for p in todo}
     rows = [{"id": p["id"], "p": pickle.dumps(p)} for p in todo]
-    ds = _blocks(rows, n_blocks).map_batches(
+    ds, n_actors, res = _pool(rows, n_blocks, gpus if gpu_kind else 0, cpu_bound=kind != "openai")
+    ds = ds.map_batches(
         AnnotateWorker,
         batch_size=None,
         compute=ray.data.ActorPoolStrategy(size=n_actors),
@@ -349,7 +331,7 @@ def _annotate_stream(todo, policy, run, checker, splitter, options, concurrency,
     bar = tqdm(total=len(todo), desc="annotate (ray)", unit="problem", file=sys.stderr, disable=not progress or None)
     seen: set = set()
     try:
-        for row in _stream(ds):
+        for row in ds.iter_rows():  # streaming: rows come as blocks finish
             pid = row["id"]
             if pid in seen:  # a retried block delivers nothing twice
                 continue
@@ -457,10 +439,10 @@ def _scored_chunks(job, prm, opts, extra, chunks, gpus, address, progress, unit_
     from tqdm import tqdm
 
     stages["connect_s"] = connect(address)
-    n_actors, res = _pool_size(len(chunks), gpus)
     ray.data.DataContext.get_current().max_errored_blocks = 0
     rows = [{"i": k, "p": pickle.dumps(c)} for k, c in enumerate(chunks)]
-    ds = _blocks(rows, len(chunks)).map_batches(
+    ds, n_actors, res = _pool(rows, len(chunks), gpus)
+    ds = ds.map_batches(
         ScoreWorker,
         batch_size=None,
         compute=ray.data.ActorPoolStrategy(size=n_actors),
@@ -474,7 +456,7 @@ def _scored_chunks(job, prm, opts, extra, chunks, gpus, address, progress, unit_
     waiting: dict[int, object] = {}
     nxt = 0
     try:
-        for row in _stream(ds):
+        for row in ds.iter_rows():  # streaming: rows come as blocks finish
             k = int(row["i"])
             ok, val = pickle.loads(row["r"])
             if not ok:
