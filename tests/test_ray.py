@@ -124,6 +124,39 @@ def test_driver_sigkill_then_rerun_gives_the_same_lines(cluster, tmp_path):
     assert len(ids) == len(set(ids)) == 96
 
 
+CRASHING_POLICY = """
+import os
+from pathlib import Path
+from visualprm.synthetic import SyntheticPolicy
+
+MARK = Path(__file__).with_name("crashed")
+
+class Crashing(SyntheticPolicy):
+    # the whole worker process dies the first time it sees one problem: Ray restarts it and retries the block
+    def generate(self, requests):
+        if not MARK.exists() and any(r.problem["id"] == "{crash_on}" for r in requests):
+            MARK.write_text("yes")
+            os._exit(1)
+        return super().generate(requests)
+
+def make():
+    return Crashing()
+"""
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_is_retried_by_ray(cluster, syn, tmp_path):
+    crash_on = json.loads(syn.read_text().splitlines()[5])["id"]
+    (tmp_path / "crashing.py").write_text(CRASHING_POLICY.replace("{crash_on}", crash_on))
+    spec = f"py:{tmp_path / 'crashing.py'}:make"
+    kw = {"rollouts": 2, "seed": 0, "concurrency": 4, "progress": False}
+    s = annotate_ray(str(syn), spec, str(tmp_path / "ray.jsonl"), address="local", **kw)
+    assert (tmp_path / "crashed").exists()  # it did die once
+    assert s["this_run"]["problems_done"] == 12 and s["this_run"]["failed_problems"] == 0
+    annotate_file(str(syn), spec, str(tmp_path / "plain.jsonl"), **kw)  # the marker is there: no crash now
+    assert sorted_lines(tmp_path / "ray.jsonl") == sorted_lines(tmp_path / "plain.jsonl")
+
+
 IMAGE_POLICY = """
 from visualprm.schema import Loc, load_image
 from visualprm.synthetic import SyntheticPolicy
