@@ -124,46 +124,21 @@ def test_driver_sigkill_then_rerun_gives_the_same_lines(cluster, tmp_path):
     assert len(ids) == len(set(ids)) == 96
 
 
-CRASHING_POLICY = """
+POLICY = """
 import os
 from pathlib import Path
+from visualprm.schema import Loc, load_image
 from visualprm.synthetic import SyntheticPolicy
 
 MARK = Path(__file__).with_name("crashed")
 
-class Crashing(SyntheticPolicy):
-    # the whole worker process dies the first time it sees one problem: Ray restarts it and retries the block
+class ImagePolicy(SyntheticPolicy):
+    # the synthetic policy, but it opens every image it is shown (as a real policy does), and its whole worker
+    # process dies the first time it sees one problem (Ray restarts it and retries the block)
     def generate(self, requests):
         if not MARK.exists() and any(r.problem["id"] == "{crash_on}" for r in requests):
             MARK.write_text("yes")
             os._exit(1)
-        return super().generate(requests)
-
-def make():
-    return Crashing()
-"""
-
-
-@pytest.mark.slow
-def test_a_worker_that_dies_is_retried_by_ray(cluster, syn, tmp_path):
-    crash_on = json.loads(syn.read_text().splitlines()[5])["id"]
-    (tmp_path / "crashing.py").write_text(CRASHING_POLICY.replace("{crash_on}", crash_on))
-    spec = f"py:{tmp_path / 'crashing.py'}:make"
-    kw = {"rollouts": 2, "seed": 0, "concurrency": 4, "progress": False}
-    s = annotate_ray(str(syn), spec, str(tmp_path / "ray.jsonl"), address="local", **kw)
-    assert (tmp_path / "crashed").exists()  # it did die once
-    assert s["this_run"]["problems_done"] == 12 and s["this_run"]["failed_problems"] == 0
-    annotate_file(str(syn), spec, str(tmp_path / "plain.jsonl"), **kw)  # the marker is there: no crash now
-    assert sorted_lines(tmp_path / "ray.jsonl") == sorted_lines(tmp_path / "plain.jsonl")
-
-
-IMAGE_POLICY = """
-from visualprm.schema import Loc, load_image
-from visualprm.synthetic import SyntheticPolicy
-
-class ImagePolicy(SyntheticPolicy):
-    # the synthetic policy, but it opens every image it is shown (as a real policy does)
-    def generate(self, requests):
         for r in requests:
             for p in r.problem["images"]:
                 load_image(p, Loc())
@@ -174,7 +149,7 @@ def make():
 """
 
 
-def test_bad_image_is_skipped_and_counted_like_the_plain_run(cluster, syn, tmp_path, capsys):
+def test_bad_image_skipped_and_counted_dead_worker_retried(cluster, syn, tmp_path, capsys):
     recs = [json.loads(x) for x in syn.read_text().splitlines()]
     for r in recs:
         r["images"] = [str(syn.parent / p) for p in r["images"]]
@@ -183,11 +158,12 @@ def test_bad_image_is_skipped_and_counted_like_the_plain_run(cluster, syn, tmp_p
     recs[7]["images"] = [str(tmp_path / "missing.png")]  # fails when the problems are read
     probs = tmp_path / "p.jsonl"
     probs.write_text("".join(json.dumps(r) + "\n" for r in recs))
-    (tmp_path / "imgpolicy.py").write_text(IMAGE_POLICY)
-    spec = f"py:{tmp_path / 'imgpolicy.py'}:make"
-    kw = {"rollouts": 2, "seed": 0, "concurrency": 12, "progress": False}  # one block: the others go on
-    a = annotate_file(str(probs), spec, str(tmp_path / "plain.jsonl"), **kw)
+    (tmp_path / "policy.py").write_text(POLICY.replace("{crash_on}", recs[9]["id"]))
+    spec = f"py:{tmp_path / 'policy.py'}:make"
+    kw = {"rollouts": 2, "seed": 0, "concurrency": 4, "progress": False}
     b = annotate_ray(str(probs), spec, str(tmp_path / "ray.jsonl"), address="local", **kw)
+    assert (tmp_path / "crashed").exists()  # a worker did die
+    a = annotate_file(str(probs), spec, str(tmp_path / "plain.jsonl"), **kw)  # (no crash: the mark is there)
     err = capsys.readouterr().err
     for s in (a, b):
         assert (s["bad_problems"], s["this_run"]["failed_problems"], s["problems"]) == (1, 1, 10)
