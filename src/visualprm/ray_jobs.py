@@ -229,12 +229,18 @@ def annotate_ray(
     image_root: str | None = None,
     policy_options: dict | None = None,
     progress: bool = True,
+    **later_options,
 ) -> dict:
     """`annotate_file` on a Ray cluster: the same arguments, checks, output lines, resume and summary."""
     from . import montecarlo as mc
     from .answers import load_checker
     from .policy import ANSWER_FORMATS, parse_policy_spec
     from .steps import load_splitter
+
+    unknown = [k for k, v in later_options.items() if v is not None]  # options annotate_file learnt after this
+    if unknown:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
+        raise InputError(f"--ray does not take {flags} yet", field="ray")
 
     if strategy not in mc.STRATEGIES:
         raise InputError(f"unknown strategy {strategy!r}; choose from {', '.join(mc.STRATEGIES)}", field="strategy")
