@@ -17,6 +17,7 @@ from .cli_common import POLICY_HELP, add_config_options, use_defaults_help
 from .cli_common import positive_int as _positive_int
 from .cli_data import add_data_commands
 from .convert import add_convert_command
+from .ray_jobs import add_ray_options
 from .remote_prm import add_engine_options, engine_options, system_prompt_arg
 from .schema import InputError
 
@@ -58,6 +59,13 @@ def _cmd_score(a: argparse.Namespace) -> int:
     from .openai_client import ServerUnavailable
     from .scoring import score_file
 
+    if a.ray is not None:  # the same job on a Ray cluster (ray_jobs.py)
+        from functools import partial
+
+        from .ray_jobs import score_ray
+
+        score_file = partial(score_ray, address=a.ray, num_gpus_per_scorer=a.num_gpus_per_scorer)
+
     try:
         return score_file(
             prm=a.prm,
@@ -84,6 +92,13 @@ def _cmd_score(a: argparse.Namespace) -> int:
 def _cmd_bon(a: argparse.Namespace) -> int:
     from .bon import bon_file
     from .openai_client import ServerUnavailable
+
+    if a.ray is not None:  # the same job on a Ray cluster (ray_jobs.py)
+        from functools import partial
+
+        from .ray_jobs import bon_ray
+
+        bon_file = partial(bon_ray, address=a.ray, num_gpus_per_scorer=a.num_gpus_per_scorer)
 
     try:
         return _bon(a, bon_file)
@@ -317,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_options(p)
     add_engine_options(p)
+    add_ray_options(p, "scorer")
     p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser("bon", help="Best-of-N: pick the best candidate per problem (and evaluate with gold answers)")
@@ -360,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=_positive_int, default=8, help="judge requests in flight")
     _add_model_options(p)
     add_engine_options(p)
+    add_ray_options(p, "scorer")
     p.set_defaults(func=_cmd_bon)
 
     p = sub.add_parser("make-tiny-model", help="build a tiny random-weight PRM of a real architecture, offline")

@@ -44,6 +44,12 @@ def _cmd_annotate(a: argparse.Namespace) -> int:
 
     opts = {"retries": a.retries, "timeout": a.timeout, "device": a.device, "dtype": a.dtype}
     opts["batch_size"] = a.batch_size
+    if a.ray is not None:  # the same job on a Ray cluster (ray_jobs.py)
+        from functools import partial
+
+        from .ray_jobs import annotate_ray
+
+        annotate_file = partial(annotate_ray, address=a.ray, num_gpus_per_engine=a.num_gpus_per_engine)
     try:
         annotate_file(
             problems=a.problems,
@@ -189,6 +195,9 @@ def add_data_commands(sub) -> None:
     p.add_argument("--device", default=None, help="hf: torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", default=None, help="hf: float32, bfloat16 or float16 (default: bf16 on CUDA, else fp32)")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="hf: sequences per generate call")
+    from .ray_jobs import add_ray_options
+
+    add_ray_options(p, "engine")
     p.set_defaults(func=_cmd_annotate)
 
     p = sub.add_parser("build-data", help="annotated solutions -> PRM training conversations (VisualPRM400K layout)")

@@ -1,0 +1,644 @@
+"""`annotate`, `score` and `bon` on a Ray cluster (`--ray [ADDRESS]`): Ray Data pipelines over actor pools.
+
+The driver (the process you start) reads and validates the input exactly as the plain command does, holds the
+output file's lock, and is the only writer: results stream back from the actors and the driver writes them as
+they arrive, in the plain command's format. Workers never touch the output file.
+
+- annotate: one Ray Data block per `--concurrency` problems; a policy actor (`synthetic`, `py:`, `hf:`, `vllm:`
+  on `--num-gpus-per-engine` GPUs, or `openai:` clients over a fleet `openai:MODEL@URL1,URL2,..`) runs
+  `montecarlo.run_rounds` over the block with `montecarlo.annotate_problem`, so every strategy and seed works
+  unchanged. The driver builds the lines with `montecarlo._records` and appends each problem with one write, so
+  resume, `read_done` and exactly-once are the plain run's: a SIGKILLed driver leaves finished problems and at
+  most a torn last line; re-running the command skips them. Seeds derive from the problem id and the step, so the
+  lines equal a plain run's (order aside). A problem that fails (bad image, refused request, an exception) is
+  skipped and counted. An actor that dies is restarted by Ray and its block retried (Ray Data's defaults); a
+  block that errors all the same is counted failed (not written), and a re-run redoes it.
+- score / bon: Scorer actors (one per `--num-gpus-per-scorer` GPUs, else one per CPU) score the same chunks the
+  plain command scores (`scoring.score_records` / `bon._score_all`), so the batches, hence the floats, are the
+  same; the driver writes in input order. bon's picks, evaluation and report are `bon.bon_file` itself, fed the
+  scores computed on the cluster.
+
+Inputs, images, checkers and models are read by path on the workers: on a multi-node cluster they must be on a
+filesystem every node sees, and visualprm (with the `[ray]` extra) installed on every node. This module does not
+start or stop clusters it did not start itself (`--ray local` starts one inside the driver).
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from .schema import InputError
+
+# ---------------------------------------------------------------------------------------------------------------
+# Connecting
+
+
+def connect(address: str | None) -> float:
+    """Join (or start, for `local`) a Ray cluster; returns the seconds it took. Already connected: reuse it."""
+    try:
+        import ray
+    except ImportError:
+        raise InputError("--ray needs Ray: pip install 'visualprm[ray]'", field="ray") from None
+    import logging
+
+    t0 = time.time()
+    # "default": ray.init()'s own choice (RAY_ADDRESS, or a cluster `ray start`ed here, else a new local one);
+    # "local": always a new local instance; "auto": an existing cluster; else an address (HOST:PORT, ray://..)
+    target = None if address in (None, "", "default") else address
+    if target not in (None, "local", "auto"):
+        _check_reachable(target)
+    if not ray.is_initialized():
+        kw = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": True}
+        try:
+            ray.init(address=target, **kw)
+        except (ConnectionError, ValueError, RuntimeError) as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise InputError(f"--ray {address}: cannot connect to a Ray cluster: {msg}", field="ray") from None
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # ours is on the driver
+    ctx.print_on_execution_start = False
+    ctx.enable_auto_log_stats = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    return time.time() - t0
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """HOST:PORT or ray://HOST:PORT must accept a TCP connection (Ray itself waits minutes on a wrong address)."""
+    import socket
+
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"--ray {address!r}: expected local, auto, HOST:PORT or ray://HOST:PORT", field="ray")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise InputError(f"--ray {address}: no Ray cluster answers there ({e})", field="ray") from None
+
+
+def _pool(rows: list[dict], n_blocks: int, gpus_each: float, cpu_bound: bool = True):
+    """(dataset of `n_blocks` blocks, actors, per-actor resources): one actor per `gpus_each` GPUs when the
+    cluster has GPUs, else one per CPU (two per CPU for I/O-bound clients); never more actors than blocks."""
+    import ray
+    import ray.data
+
+    res = ray.cluster_resources()
+    cpus, gpus = int(res.get("CPU", 1)), int(res.get("GPU", 0))
+    if gpus and gpus_each > 0:
+        n, each = max(1, int(gpus // gpus_each)), {"num_gpus": gpus_each, "num_cpus": 1}
+    else:
+        n, each = max(1, cpus if cpu_bound else 2 * cpus), {"num_cpus": 1 if cpu_bound else 0.5}
+    return ray.data.from_items(rows, override_num_blocks=max(1, n_blocks)), max(1, min(n, n_blocks)), each
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# annotate
+
+
+class _FleetPolicy:
+    """One openai: client per server of a fleet; each `generate` call is split evenly across them."""
+
+    def __init__(self, policies: list):
+        self.policies = policies
+        self.name = policies[0].name
+
+    def generate(self, requests):
+        from concurrent.futures import ThreadPoolExecutor
+
+        n = len(self.policies)
+        parts = [requests[i::n] for i in range(n)]
+        with ThreadPoolExecutor(n) as ex:
+            outs = list(ex.map(lambda pr: pr[0].generate(pr[1]) if pr[1] else [], zip(self.policies, parts)))
+        merged: list = [None] * len(requests)
+        for i, out in enumerate(outs):
+            merged[i::n] = out
+        return merged
+
+    def close(self):
+        for p in self.policies:
+            p.close()
+
+
+def fleet_urls(spec: str) -> list[str] | None:
+    """`openai:MODEL@URL1,URL2,..` -> the URLs; None for other specs."""
+    if not spec.startswith("openai:") or "@" not in spec:
+        return None
+    return [u.strip() for u in spec.split("@", 1)[1].split(",") if u.strip()]
+
+
+def _load_policy(spec: str, prompt: str, concurrency: int, options: dict, gpus: float):
+    from .policy import load_policy
+
+    urls = fleet_urls(spec)
+    if urls and len(urls) > 1:
+        model = spec[len("openai:") :].split("@", 1)[0]
+        return _FleetPolicy([load_policy(f"openai:{model}@{u}", prompt, concurrency, **options) for u in urls])
+    if spec.startswith("vllm:") and gpus > 1:  # tensor parallel over this actor's GPUs, in its own processes
+        tp = {"tensor_parallel_size": int(gpus), "distributed_executor_backend": "mp"}
+        options = {**options, "engine_kwargs": {**tp, **(options.get("engine_kwargs") or {})}}
+    return load_policy(spec, prompt, concurrency, **options)
+
+
+class AnnotateWorker:
+    """A Ray Data actor: holds one policy (an engine on its GPUs, or clients), labels a block of problems."""
+
+    def __init__(self, spec: str, run: dict, checker, splitter, options: dict, gpus: float):
+        from .answers import load_checker
+        from .schema import load_splitter
+
+        self.run, self.check, self.split = run, load_checker(checker), load_splitter(splitter)
+        self.policy = _load_policy(spec, run["prompt"], run["concurrency"], options, gpus)
+        from .sequential import token_counter
+
+        self.count_tokens = token_counter(self.policy)
+
+    def _job(self, p: dict):
+        from .montecarlo import annotate_problem
+
+        r = self.run
+        sampling = {"temperature": r["temperature"], "top_k": r["top_k"], "top_p": r["top_p"]}
+        sampling["max_tokens"] = r["max_tokens"]
+        return annotate_problem(
+            p,
+            solutions=r["solutions"],
+            rollouts=r["rollouts"],
+            max_steps=r["max_steps"],
+            strategy=r["strategy"],
+            seed=r["seed"],
+            check=self.check,
+            split=self.split,
+            sampling=sampling,
+            first_round=r["first_round"],
+            threshold=r["threshold"],
+            count_tokens=self.count_tokens,
+        )
+
+    def _rounds(self, problems: list[dict], results: dict) -> None:
+        from .montecarlo import run_rounds
+
+        def done(p, res):
+            results[p["id"]] = (True, res)
+
+        def fail(p, e):
+            results[p["id"]] = (False, str(e))
+
+        run_rounds(problems, self.policy, self._job, max(1, len(problems)), done, fail)
+
+    def __call__(self, batch: dict) -> dict:
+        import numpy as np
+
+        t0 = time.time()
+        problems = [pickle.loads(b) for b in batch["p"]]
+        results: dict = {}
+        try:
+            self._rounds(problems, results)
+        except Exception:  # something other than bad input or a refused request: find its problem
+            results = {}
+            for p in problems:
+                try:
+                    self._rounds([p], results)
+                except Exception as e:
+                    results[p["id"]] = (False, f"{type(e).__name__}: {e}")
+        secs = (time.time() - t0) / max(1, len(problems))
+        ids = [p["id"] for p in problems]
+        out = [pickle.dumps(results.get(i, (False, "no result"))) for i in ids]
+        return {"id": np.array(ids, dtype=object), "r": np.array(out, dtype=object), "s": np.full(len(ids), secs)}
+
+
+def annotate_ray(
+    problems: str,
+    policy: str,
+    out: str,
+    address: str | None = "local",
+    num_gpus_per_engine: float = 1.0,
+    solutions: int = 4,
+    rollouts: int = 16,
+    max_steps: int = 12,
+    strategy: str = "all",
+    temperature: float = 1.0,
+    top_k: int | None = 50,
+    top_p: float | None = None,
+    max_tokens: int = 4096,
+    concurrency: int = 8,
+    shard: str | None = None,
+    seed: int = 0,
+    prompt: str = "final-answer",
+    checker: str | None = None,
+    splitter: str | None = None,
+    image_root: str | None = None,
+    policy_options: dict | None = None,
+    first_round: int | None = None,
+    threshold: float = 0.0,
+    progress: bool = True,
+    **later_options,
+) -> dict:
+    """`annotate_file` on a Ray cluster: the same arguments, checks, output lines, resume and summary."""
+    from . import montecarlo as mc
+    from .answers import load_checker
+    from .policy import ANSWER_FORMATS, parse_policy_spec
+    from .schema import load_splitter
+
+    unknown = [k for k, v in later_options.items() if v is not None]  # options annotate_file learnt after this
+    if unknown:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
+        raise InputError(f"--ray does not take {flags} yet", field="ray")
+
+    if strategy not in mc.STRATEGIES:
+        raise InputError(f"unknown strategy {strategy!r}; choose from {', '.join(mc.STRATEGIES)}", field="strategy")
+    if prompt not in ANSWER_FORMATS:
+        raise InputError(f"unknown prompt {prompt!r}; choose from {', '.join(ANSWER_FORMATS)}", field="prompt")
+    first_round = first_round or (1 if strategy in mc.ADAPTIVE else rollouts)
+    for name, v in (("solutions", solutions), ("rollouts", rollouts), ("max_steps", max_steps)):
+        if v < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {v}", field=name)
+    if first_round < 1:
+        raise InputError(f"--first-round must be >= 1, got {first_round}", field="first_round")
+    if not 0.0 <= threshold < 1.0:
+        raise InputError(f"--threshold must be in [0, 1), got {threshold}", field="threshold")
+    urls = fleet_urls(policy)
+    for u in urls or [None]:
+        parse_policy_spec(policy if u is None else f"{policy.split('@', 1)[0]}@{u}")
+    load_checker(checker)  # a bad checker or splitter fails here, not on the workers
+    load_splitter(splitter)
+    shard_i, shard_n = mc.parse_shard(shard)
+    todo, bad = mc.load_problems(problems, (shard_i, shard_n), image_root)
+    if bad and not todo:
+        raise bad[0]
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    run = {"policy": policy, "solutions": solutions, "rollouts": rollouts, "max_steps": max_steps}
+    run.update(strategy=strategy, temperature=temperature, top_k=top_k, top_p=top_p, max_tokens=max_tokens)
+    run.update(seed=seed, prompt=prompt, checker=checker, splitter=splitter)
+    run.update(first_round=min(first_round, rollouts), threshold=float(threshold))  # as annotate_file's run
+    options = dict(policy_options or {})
+    lock = mc._lock(out_path)
+    try:
+        done, dropped = mc.read_done(out_path, run)
+        n_resumed = sum(p["id"] in done for p in todo)
+        todo = [p for p in todo if p["id"] not in done]
+        for e in bad[:10]:
+            print(f"warning: skipping a bad problem: {e}", file=sys.stderr)
+        if len(bad) > 10:
+            print(f"warning: ... and {len(bad) - 10} more bad problems", file=sys.stderr)
+        if dropped:
+            print(f"resume: dropped {dropped} torn or incomplete line(s) of {out}", file=sys.stderr)
+        stats: Counter = Counter()
+        stages: dict = {}
+        if todo:
+            if urls:  # an unreachable server fails here, before any work
+                from .openai_client import probe
+
+                model = policy[len("openai:") :].split("@", 1)[0]
+                for u in urls:
+                    probe(u, model, options.get("api_key"))
+            stages["connect_s"] = connect(address)
+            stats, stages = _annotate_stream(todo, policy, run, checker, splitter, options, concurrency,
+                                             num_gpus_per_engine, out_path, progress, stages)  # fmt: skip
+    finally:
+        mc._unlock(lock, out_path)
+    summary = mc.summarize(out_path)
+    elapsed = stages.get("seconds", 0.0)
+    keys = ("problems_done", "failed_problems", "rollouts", "tokens", "requests", "rollouts_unparsed")
+    this_run = {k: stats[k] for k in keys}
+    this_run.update(empty_responses=stats["empty_responses"], seconds=round(elapsed, 2))
+    this_run["rollouts_per_second"] = round(stats["rollouts"] / elapsed, 1) if elapsed > 0 else 0.0
+    summary.update(
+        this_run=this_run,
+        shard=f"{shard_i}/{shard_n}",
+        resumed_problems=n_resumed,
+        bad_problems=len(bad),
+        ray=stages,
+    )
+    mc._print_summary(summary, out)
+    if stages.get("actors"):
+        _print_stages(stages, "problems")
+    return summary
+
+
+def _annotate_stream(todo, policy, run, checker, splitter, options, concurrency, gpus, out_path, progress, stages):
+    import ray.data
+    from tqdm import tqdm
+
+    from .montecarlo import _records
+    from .policy import policy_prompt
+    from .schema import append_jsonl
+
+    conc = max(1, concurrency)
+    n_blocks = math.ceil(len(todo) / conc)
+    kind = policy.split(":", 1)[0]
+    gpu_kind = kind in ("hf", "vllm")
+    ray.data.DataContext.get_current().max_errored_blocks = n_blocks
+    by_id = {p["id"]: p for p in todo}
+    rows = [{"id": p["id"], "p": pickle.dumps(p)} for p in todo]
+    ds, n_actors, res = _pool(rows, n_blocks, gpus if gpu_kind else 0, cpu_bound=kind != "openai")
+    ds = ds.map_batches(
+        AnnotateWorker,
+        batch_size=None,
+        compute=ray.data.ActorPoolStrategy(size=n_actors),
+        fn_constructor_args=(policy, {**run, "concurrency": conc}, checker, splitter, options, gpus),
+        **res,
+    )
+    stats: Counter = Counter()
+    first_error: list[str] = []
+    worker_s = write_s = 0.0
+    t0 = time.time()
+    bar = tqdm(total=len(todo), desc="annotate (ray)", unit="problem", file=sys.stderr, disable=not progress or None)
+    seen: set = set()
+    try:
+        for row in ds.iter_rows():  # streaming: rows come as blocks finish
+            pid = row["id"]
+            if pid in seen:  # a retried block delivers nothing twice
+                continue
+            seen.add(pid)
+            ok, res_ = pickle.loads(row["r"])
+            worker_s += float(row["s"])
+            tw = time.time()
+            if ok:
+                p = by_id[pid]
+                append_jsonl(out_path, _records(p, res_, policy_prompt(p, run["prompt"]), run, out_path.parent))
+                stats["problems_done"] += 1
+                stats["rollouts"] += res_["rollouts"]
+                stats["tokens"] += res_["tokens"]
+                stats["requests"] += res_["requests"]
+                stats["rollouts_unparsed"] += res_["rollouts_unparsed"]
+                stats["empty_responses"] += res_["empty"]
+            else:
+                stats["failed_problems"] += 1
+                first_error.append(f"problem {pid!r}: {res_}")
+                bar.write(f"warning: skipping problem {pid!r}: {res_}", file=sys.stderr)
+            write_s += time.time() - tw
+            bar.update(1)
+            rate = stats["rollouts"] / max(time.time() - t0, 1e-9)
+            bar.set_postfix_str(f"{rate:.1f} rollouts/s", refresh=False)
+    finally:
+        bar.close()
+    lost = [pid for pid in by_id if pid not in seen]
+    for pid in lost:  # blocks given up on after Ray's retries: not written, a re-run redoes them
+        stats["failed_problems"] += 1
+        first_error.append(f"problem {pid!r}: lost with its worker after retries")
+    if lost:
+        print(f"warning: {len(lost)} problem(s) lost with their workers; re-run to redo them", file=sys.stderr)
+    if stats["failed_problems"] == len(todo):
+        raise InputError(f"every problem failed ({len(todo)}); the first: {first_error[0]}")
+    elapsed = time.time() - t0
+    stages.update(seconds=elapsed, actors=n_actors, blocks=n_blocks, items=len(todo), rollouts=stats["rollouts"])
+    stages.update(worker_s=worker_s, write_s=write_s, resources=res)
+    return stats, stages
+
+
+def _print_stages(st: dict, unit: str) -> None:
+    wall = max(st["seconds"], 1e-9)
+    n = st["items"]
+    print(
+        f"  ray: connect {st['connect_s']:.1f}s; {st['actors']} actor(s) ({st['resources']}), {st['blocks']} blocks, "
+        f"{wall:.1f}s wall"
+    )
+    extra = f", {st['rollouts'] / wall:.1f} rollouts/s" if st.get("rollouts") else ""
+    per_actor = n / max(st["worker_s"], 1e-9)
+    print(
+        f"  stage workers: {n} {unit} in {st['worker_s']:.1f} actor-s ({per_actor:.2f} {unit}/s per actor); "
+        f"pipeline {n / wall:.2f} {unit}/s{extra}"
+    )
+    print(f"  stage driver write: {st['write_s']:.2f}s ({n / max(st['write_s'], 1e-9):.0f} {unit}/s)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# score and bon
+
+
+def _load_scorer(prm: str, opts: dict):
+    from .scoring import load_prm
+
+    return load_prm(prm, **opts)  # a folder, openai:MODEL@URL or a visualprm service, as the plain command
+
+
+class ScoreWorker:
+    """A Ray Data actor holding a Scorer (and an ORM for bon): scores a chunk exactly as the plain command does."""
+
+    def __init__(self, job: str, prm: str, opts: dict, extra: dict):
+        self.job, self.extra = job, extra
+        self.scorer = _load_scorer(prm, opts)
+        orm = extra.get("orm")
+        self.orm = None if orm is None else self.scorer if orm == "prm" else _load_scorer(orm, opts)
+
+    def __call__(self, batch: dict) -> dict:
+        import numpy as np
+
+        out, secs = [], []
+        for blob in batch["p"]:
+            t0 = time.time()
+            part = pickle.loads(blob)
+            try:
+                if self.job == "score":
+                    from .scoring import score_records
+
+                    res = (True, [s for _, s in score_records(self.scorer, part, progress=False)])
+                else:
+                    from .bon import _score_all
+
+                    e = self.extra
+                    ss = _score_all(self.scorer, part, e["image_root"], e["no_image"], False, chunk=len(part))
+                    orm = None
+                    if self.orm is not None:
+                        orm = _score_all(self.orm, part, e["image_root"], e["no_image"], True, chunk=len(part))
+                    res = (True, (ss, orm))
+            except InputError as err:
+                res = (False, err)
+            out.append(pickle.dumps(res))
+            secs.append(time.time() - t0)
+        return {"i": batch["i"], "r": np.array(out, dtype=object), "s": np.array(secs)}
+
+
+def _scored_chunks(job, prm, opts, extra, chunks, gpus, address, progress, unit_count, desc, stages: dict):
+    """Yield each chunk's result in input order while the actors work; fills `stages`."""
+    import ray.data
+    from tqdm import tqdm
+
+    stages["connect_s"] = connect(address)
+    ray.data.DataContext.get_current().max_errored_blocks = 0
+    rows = [{"i": k, "p": pickle.dumps(c)} for k, c in enumerate(chunks)]
+    ds, n_actors, res = _pool(rows, len(chunks), gpus)
+    ds = ds.map_batches(
+        ScoreWorker,
+        batch_size=None,
+        compute=ray.data.ActorPoolStrategy(size=n_actors),
+        fn_constructor_args=(job, prm, opts, extra),
+        **res,
+    )
+    t0 = time.time()
+    worker_s = write_s = 0.0
+    total = sum(unit_count(c) for c in chunks)
+    bar = tqdm(total=total, desc=desc, unit="sol", file=sys.stderr, disable=not progress or None)
+    waiting: dict[int, object] = {}
+    nxt = 0
+    try:
+        for row in ds.iter_rows():  # streaming: rows come as blocks finish
+            k = int(row["i"])
+            ok, val = pickle.loads(row["r"])
+            if not ok:
+                raise val
+            worker_s += float(row["s"])
+            waiting[k] = val
+            bar.update(unit_count(chunks[k]))
+            while nxt in waiting:
+                ty = time.time()
+                yield waiting.pop(nxt)  # the caller writes it
+                write_s += time.time() - ty
+                nxt += 1
+    finally:
+        bar.close()
+    if nxt != len(chunks):
+        raise RuntimeError(f"ray: {len(chunks) - nxt} chunk(s) came back without a result")
+    stages.update(seconds=time.time() - t0, actors=n_actors, blocks=len(chunks), items=total, worker_s=worker_s)
+    stages.update(resources=res, write_s=write_s)
+
+
+def score_ray(
+    prm: str,
+    input_path: str,
+    out_path: str,
+    address: str | None = "local",
+    num_gpus_per_scorer: float = 1.0,
+    aggregate: str = "mean",
+    batch_size: int = 8,
+    image_root: str | None = None,
+    system_prompt: bool = True,
+    device: str | None = None,
+    dtype: str | None = None,
+    max_steps: int = 12,
+    max_length: int | None = None,
+    label_mode: str = "auto",
+    splitter: str | None = None,
+    api_key: str | None = None,
+    engine_options: dict | None = None,
+    progress: bool = True,
+) -> int:
+    """`score_file` on a Ray cluster: the same checks and the same output file (input order), written as the
+    chunks come back (to a temporary file, renamed at the end)."""
+    from .schema import load_splitter, write_jsonl
+    from .scoring import AGGREGATES, load_solutions
+    from .scoring import aggregate as agg_fn
+
+    t0 = time.time()
+    if aggregate not in AGGREGATES:
+        raise InputError(f"unknown aggregate {aggregate!r} (expected one of {', '.join(AGGREGATES)})")
+    split_fn = load_splitter(splitter) if splitter else None
+    records = load_solutions(input_path, image_root, max_steps, split_fn)
+    opts = {"device": device, "dtype": dtype, "label_mode": label_mode, "batch_size": batch_size}
+    opts.update(system_prompt=None if system_prompt is True else system_prompt, max_length=max_length)
+    opts.update(engine_options or {}, api_key=api_key)
+    size = max(1, batch_size) * 4  # score_records' chunk: the same batches as the plain command
+    chunks = [records[i : i + size] for i in range(0, len(records), size)]
+    counts = {"records": 0, "steps": 0}
+    st: dict = {}
+
+    def lines():
+        results = _scored_chunks("score", prm, opts, {}, chunks, num_gpus_per_scorer, address, progress, len,
+                                 "scoring (ray)", st)  # fmt: skip
+        for k, scores in enumerate(results):  # (not zip: the generator must run to its end)
+            part = chunks[k]
+            for (_, sol), s in zip(part, scores):
+                rec = {k: v for k, v in sol.items() if not k.startswith("_")}
+                rec["step_scores"] = [round(x, 6) for x in s]
+                rec["score"] = round(agg_fn(s, aggregate), 6)
+                rec["aggregate"] = aggregate
+                counts["records"] += 1
+                counts["steps"] += len(s)
+                yield rec
+
+    write_jsonl(out_path, lines())
+    dt = time.time() - t0
+    n = counts["records"]
+    print(
+        f"scored {n} records, {counts['steps']} steps in {dt:.1f}s ({n / max(dt, 1e-9):.1f} records/s) -> {out_path}"
+    )
+    _print_stages(st, "records")
+    return 0
+
+
+class _Replay:
+    """An engine for `bon_file` that hands back the scores computed on the cluster, in order."""
+
+    def __init__(self, groups: list):
+        self.groups, self.k = groups, 0
+
+    def score_groups(self, groups: list[dict]) -> list:
+        out = self.groups[self.k : self.k + len(groups)]
+        if len(out) != len(groups) or any(len(o) != len(g["solutions"]) for o, g in zip(out, groups)):
+            raise RuntimeError("ray: the scores that came back do not match the problems")
+        self.k += len(groups)
+        return out
+
+
+def bon_ray(
+    prm: str | None,
+    input_path: str,
+    out_dir: str,
+    address: str | None = "local",
+    num_gpus_per_scorer: float = 1.0,
+    judge: str | None = None,
+    progress: bool = True,
+    **kw,
+) -> int:
+    """`bon_file` on a Ray cluster: the PRM (and ORM) scores come from Scorer actors, everything else is
+    `bon_file` itself, so the files equal the plain command's."""
+    from .bon import _load_problems, bon_file
+
+    if judge is not None or prm is None:
+        raise InputError("--ray needs --prm (an MLLM judge is a server already: use --concurrency)", field="ray")
+    problems = _load_problems(input_path, kw.get("limit"), kw.get("max_steps", 12), kw.get("splitter"))
+    opts = {"device": kw.get("device"), "dtype": kw.get("dtype"), "batch_size": kw.get("batch_size", 8)}
+    opts.update(max_length=kw.get("max_length"), label_mode=kw.get("label_mode", "auto"))
+    sp = kw.get("system_prompt", True)
+    opts.update(system_prompt=None if sp is True else sp)
+    opts.update(kw.get("engine_options") or {}, api_key=kw.get("api_key"))
+    opts.update(share_prefix=kw.get("share_prefix", True), max_batch_tokens=kw.get("max_batch_tokens"))
+    extra = {"orm": kw.get("orm"), "image_root": kw.get("image_root"), "no_image": kw.get("no_image", False)}
+    chunks = [problems[i : i + 16] for i in range(0, len(problems), 16)]  # bon._score_all's chunk
+
+    def n_sols(c):
+        return sum(len(p["_steps"]) for p in c)
+
+    ss, orm, st = [], [], {}
+    for s, o in _scored_chunks("bon", prm, opts, extra, chunks, num_gpus_per_scorer, address, progress, n_sols,
+                               "scoring (ray)", st):  # fmt: skip
+        ss += s
+        orm += o or []
+    orm_engine = _Replay(orm) if extra["orm"] else None
+    kw = {**kw, "no_image": True}  # the driver's replay needs no images
+    tw = time.time()
+    rc = bon_file(prm, input_path, out_dir, judge=None, engine=_Replay(ss), orm_engine=orm_engine, **kw)
+    st["write_s"] += time.time() - tw
+    _print_stages(st, "solutions")
+    return rc
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command-line options (annotate, score, bon)
+
+
+def add_ray_options(p, engine: str) -> None:
+    """`--ray [ADDRESS]` and `--num-gpus-per-ENGINE` on a subcommand's parser."""
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="default",
+        default=None,
+        metavar="ADDRESS",
+        help="run on Ray ('[ray]' extra): bare --ray joins the cluster `ray start`ed here or $RAY_ADDRESS, else "
+        "starts one; 'local': a new one in this process; 'auto': an existing cluster; or HOST:PORT / ray://HOST:PORT",
+    )
+    what = "policy engine (hf:, vllm:; vllm: tensor parallel over them)" if engine == "engine" else "Scorer actor"
+    p.add_argument(
+        f"--num-gpus-per-{engine}",
+        type=float,
+        default=1.0,
+        help=f"--ray on a cluster with GPUs: GPUs per {what} (1); without GPUs one actor per CPU",
+    )
