@@ -317,7 +317,7 @@ def _report(res: dict, items_by, cands, scores, out: Path, png: bytes, main: str
                 body.append(f'<img alt="item image" style="max-width:320px" src="data:image/png;base64,{data}">')
             body.append(f"<p>gold: <b>{html.escape(str(it['answer']))}</b>; picks: "
                         + ", ".join(f"{k} → {v}" for k, v in picks.items()) + "</p>")  # fmt: skip
-            from .steps import load_splitter
+            from .schema import load_splitter
 
             split = load_splitter(res["config"]["splitter"])
             for j, r in enumerate(c["responses"]):
@@ -356,7 +356,7 @@ def bon_eval(
     output is incomplete); returns the results. `policy`/`prm`: specs or ready objects (tests)."""
     from .policy import ANSWER_FORMATS, load_policy
     from .scoring import AGGREGATES
-    from .steps import load_splitter
+    from .schema import load_splitter
 
     if n < 1:
         raise InputError("--n must be >= 1", field="n")
