@@ -24,6 +24,9 @@ def _positive_int(s: str) -> int:
 
 
 AGGREGATES = ("mean", "min", "max", "last", "prod")
+TORCH_THREADS_HELP = (
+    "CPU threads for torch (default: min(cores, 4) on CPU; torch's own on CUDA or if $OMP_NUM_THREADS)"
+)
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -40,6 +43,15 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="value: P(+); advantage: P(+) - P(-); auto: what the checkpoint records (default value)",
     )
+    p.add_argument("--torch-threads", type=_positive_int, default=None, help=TORCH_THREADS_HELP)
+
+
+def _threads(a: argparse.Namespace, local_model: bool = True) -> None:
+    """Apply --torch-threads before a model loads (only where this command runs a model on this machine)."""
+    if local_model:
+        from .jobs import set_torch_threads
+
+        set_torch_threads(getattr(a, "torch_threads", None), getattr(a, "device", None))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -49,6 +61,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 def _cmd_score(a: argparse.Namespace) -> int:
     from .scoring import score_file
 
+    _threads(a)
     return score_file(
         prm=a.prm,
         input_path=a.input,
@@ -69,6 +82,7 @@ def _cmd_score(a: argparse.Namespace) -> int:
 def _cmd_bon(a: argparse.Namespace) -> int:
     from .bon import bon_file
 
+    _threads(a, local_model=bool(a.prm))
     return bon_file(
         prm=a.prm,
         input_path=a.input,
@@ -100,6 +114,7 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     from .bench import run_bench
     from .openai_client import ServerUnavailable
 
+    _threads(a, local_model=bool(a.prm))
     try:
         return run_bench(
             benches=a.bench,
@@ -141,6 +156,7 @@ def _cmd_make_tiny_model(a: argparse.Namespace) -> int:
 def _cmd_serve(a: argparse.Namespace) -> int:
     from .server import serve
 
+    _threads(a)
     return serve(
         prm=a.prm,
         host=a.host,
@@ -150,7 +166,6 @@ def _cmd_serve(a: argparse.Namespace) -> int:
         system_prompt=not a.no_system_prompt,
         label_mode=a.label_mode,
         log_level=a.log_level,
-        torch_threads=a.torch_threads,
         api_key=a.api_key or os.environ.get("VISUALPRM_API_KEY") or None,
         image_root=a.image_root,
         allow_remote_images=a.allow_remote_images,
@@ -204,6 +219,7 @@ def _cmd_search(a: argparse.Namespace) -> int:
     scorer_options["system_prompt"] = None if not a.no_system_prompt else False
     policy_options = {"retries": a.retries, "timeout": a.timeout, "device": a.device, "dtype": a.dtype}
     policy_options["batch_size"] = a.policy_batch_size
+    _threads(a, local_model=not a.prm.startswith(("http://", "https://")) or a.policy.startswith("hf:"))
     try:
         search_file(
             policy=a.policy,
@@ -354,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bf16 on CUDA, else fp32)")
     p.add_argument("--no-system-prompt", action="store_true", help="leave out the VisualPRM system prompt")
     p.add_argument("--label-mode", choices=("auto", "value", "advantage"), default="auto", help="as in `score`")
-    p.add_argument("--torch-threads", type=_positive_int, default=None, help="CPU threads for torch (torch's default)")
+    p.add_argument("--torch-threads", type=_positive_int, default=None, help=TORCH_THREADS_HELP)
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=_cmd_serve)
 
@@ -429,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="only the first N records")
     p.add_argument("--deepspeed", default=None, help="DeepSpeed JSON config")
     p.add_argument("--num-workers", dest="num_workers", type=int, default=None, help="data loader workers (0)")
-    p.add_argument("--torch-threads", dest="torch_threads", type=int, default=None, help="CPU threads (0: default)")
+    p.add_argument("--torch-threads", dest="torch_threads", type=int, default=None, help=TORCH_THREADS_HELP)
     p.add_argument("--lora-r", dest="lora_r", type=_positive_int, default=None, help="LoRA rank (16)")
     p.add_argument("--lora-alpha", dest="lora_alpha", type=_positive_int, default=None, help="LoRA alpha (32)")
     for flag, dest, value, help_ in (

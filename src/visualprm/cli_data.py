@@ -41,6 +41,10 @@ def _cmd_annotate(a: argparse.Namespace) -> int:
 
     opts = {"retries": a.retries, "timeout": a.timeout, "device": a.device, "dtype": a.dtype}
     opts["batch_size"] = a.batch_size
+    if a.policy.startswith("hf:"):
+        from .jobs import set_torch_threads
+
+        set_torch_threads(a.torch_threads, a.device)
     try:
         annotate_file(
             problems=a.problems,
@@ -167,6 +171,7 @@ def add_data_commands(sub) -> None:
     p.add_argument("--device", default=None, help="hf: torch device")
     p.add_argument("--dtype", default=None, help="hf: float32, bfloat16 or float16")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="hf: sequences per generate call (8)")
+    p.add_argument("--torch-threads", type=_positive_int, default=None, help="hf: CPU threads for torch (as in score)")
     p.set_defaults(func=_cmd_annotate)
 
     p = sub.add_parser("build-data", help="annotated solutions -> PRM training conversations (VisualPRM400K layout)")

@@ -55,7 +55,7 @@ from .builddata import (
     system_prompt_of,
 )
 from .model import ADVANTAGE_LABELS, PRM_CONFIG, VALUE_LABELS, get_tokenizer
-from .schema import InputError, check_image, write_json
+from .schema import InputError, check_image, share_modes, write_json
 
 
 def _f(default, help: str):  # noqa: A002 - the field's help text
@@ -113,7 +113,7 @@ class TrainConfig:
     eval_steps: int = _f(0, "also evaluate every N optimizer steps (0: only at the end)")
     preencode: bool = _f(True, "encode every conversation up front and keep it in memory (else lazily)")
     num_workers: int = _f(0, "data loader worker processes")
-    torch_threads: int = _f(0, "torch CPU threads (0: torch's default; 1 is fastest for tiny models on busy CPUs)")
+    torch_threads: int = _f(0, "torch CPU threads (0: as in score: min(cores, 4) on CPU, torch's own on CUDA)")
     limit: int = _f(0, "use only the first N records of the data (0: all)")
     deepspeed: str = _f("", "DeepSpeed JSON config (or pass an accelerate config with DeepSpeed)")
     overwrite: bool = _f(False, "start afresh even if OUT holds checkpoints or a finished model")
@@ -372,10 +372,10 @@ def train(cfg: TrainConfig) -> dict:
     import torch
     import transformers as tf
 
+    from .jobs import set_torch_threads
     from .model import label_prefix, label_token_ids, load_model, load_processor, save_processor
 
-    if cfg.torch_threads > 0:
-        torch.set_num_threads(cfg.torch_threads)
+    set_torch_threads(cfg.torch_threads if cfg.torch_threads > 0 else None)
     tf.set_seed(cfg.seed)
     processor = load_processor(cfg.model)
     tok = get_tokenizer(processor)
@@ -570,6 +570,7 @@ def train(cfg: TrainConfig) -> dict:
     }
     if _is_main():
         save_processor(processor, out)
+        share_modes(out)  # safetensors writes 0600: a colleague or a server of another user must read the PRM
         write_json(out / "eval.json", {"label_mode": label_mode, "metrics": metrics, "train": summary})
         write_json(out / "train_log.json", trainer.state.log_history)
         prm = {
