@@ -382,7 +382,7 @@ def test_server_down_midway_exits_1_and_resumes(tmp_path, syn, capsys):
     try:
         assert main(argv) == 1
         err = capsys.readouterr().err.strip()
-        assert "failed after 1 attempts" in err and err.endswith("finished problems are saved: re-run to resume")
+        assert "failed after 1 attempts" in err and err.endswith("finished work is saved: re-run to resume")
         fake.fail_every = 0
         assert main(argv) == 0
     finally:

@@ -112,36 +112,31 @@ def _cmd_bon(a: argparse.Namespace) -> int:
 
 def _cmd_bench(a: argparse.Namespace) -> int:
     from .bench import run_bench
-    from .openai_client import ServerUnavailable
 
     _threads(a, local_model=bool(a.prm))
-    try:
-        return run_bench(
-            benches=a.bench,
-            out_dir=a.out,
-            prm=a.prm,
-            scores=a.scores,
-            judge=a.judge,
-            threshold=a.threshold,
-            fmt=a.format,
-            subset=a.subset,
-            limit=a.limit,
-            bootstrap=a.bootstrap,
-            image_root=a.image_root,
-            no_image=a.no_image,
-            seed=a.seed,
-            heldout=a.heldout,
-            device=a.device,
-            dtype=a.dtype,
-            system_prompt=not a.no_system_prompt,
-            batch_size=a.batch_size,
-            max_length=a.max_length,
-            label_mode=a.label_mode,
-            concurrency=a.concurrency,
-        )
-    except ServerUnavailable as e:
-        print(f"visualprm bench: error: {e}", file=sys.stderr)
-        return 1
+    return run_bench(
+        benches=a.bench,
+        out_dir=a.out,
+        prm=a.prm,
+        scores=a.scores,
+        judge=a.judge,
+        threshold=a.threshold,
+        fmt=a.format,
+        subset=a.subset,
+        limit=a.limit,
+        bootstrap=a.bootstrap,
+        image_root=a.image_root,
+        no_image=a.no_image,
+        seed=a.seed,
+        heldout=a.heldout,
+        device=a.device,
+        dtype=a.dtype,
+        system_prompt=not a.no_system_prompt,
+        batch_size=a.batch_size,
+        max_length=a.max_length,
+        label_mode=a.label_mode,
+        concurrency=a.concurrency,
+    )
 
 
 def _cmd_make_tiny_model(a: argparse.Namespace) -> int:
@@ -192,7 +187,6 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
 
 def _cmd_search(a: argparse.Namespace) -> int:
-    from .policy import ServerUnavailable
     from .search import SearchConfig, search_file, unescape
 
     cfg = SearchConfig(
@@ -220,27 +214,23 @@ def _cmd_search(a: argparse.Namespace) -> int:
     policy_options = {"retries": a.retries, "timeout": a.timeout, "device": a.device, "dtype": a.dtype}
     policy_options["batch_size"] = a.policy_batch_size
     _threads(a, local_model=not a.prm.startswith(("http://", "https://")) or a.policy.startswith("hf:"))
-    try:
-        search_file(
-            policy=a.policy,
-            prm=a.prm,
-            problems=a.problems,
-            out_dir=a.out,
-            methods=a.method,
-            config=cfg,
-            limit=a.limit,
-            concurrency=a.concurrency,
-            checker=a.checker,
-            splitter=a.splitter,
-            tokens=a.tokens,
-            image_root=a.image_root,
-            scorer_options=scorer_options,
-            policy_options=policy_options,
-            api_key=a.api_key or os.environ.get("VISUALPRM_API_KEY") or None,
-        )
-    except ServerUnavailable as e:
-        print(f"visualprm search: error: {e}", file=sys.stderr)
-        return 1
+    search_file(
+        policy=a.policy,
+        prm=a.prm,
+        problems=a.problems,
+        out_dir=a.out,
+        methods=a.method,
+        config=cfg,
+        limit=a.limit,
+        concurrency=a.concurrency,
+        checker=a.checker,
+        splitter=a.splitter,
+        tokens=a.tokens,
+        image_root=a.image_root,
+        scorer_options=scorer_options,
+        policy_options=policy_options,
+        api_key=a.api_key or os.environ.get("VISUALPRM_API_KEY") or None,
+    )
     return 0
 
 
@@ -537,7 +527,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     # Further commands are added below by their issues; keep one block per command.
+
+    for p in sub.choices.values():  # every command: no progress bars with --quiet
+        p.add_argument("--quiet", action="store_true", help="no progress bars (they are off anyway off a terminal)")
     return parser
+
+
+# What each writing command writes: (argument, "file" | "dir"), checked by main before any work.
+OUTPUTS = {
+    "score": ("out", "file"),
+    "grade": ("out", "file"),
+    "annotate": ("out", "file"),
+    "build-data": ("out", "file"),
+    "bon": ("out", "dir"),
+    "bench": ("out", "dir"),
+    "search": ("out", "dir"),
+    "train": ("out", "dir"),
+    "demo": ("out", "dir"),
+    "make-synthetic": ("out_dir", "dir"),
+    "make-tiny-model": ("out", "dir"),
+    "make-base-model": ("out", "dir"),
+}
+RESUMING = ("annotate", "score", "bon")  # a re-run keeps their finished work
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -548,7 +559,14 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from .jobs import set_quiet
+    from .schema import check_output
+
+    set_quiet(getattr(args, "quiet", False))
     try:
+        name, kind = OUTPUTS.get(args.command, (None, None))
+        if name and getattr(args, name, None):
+            check_output(getattr(args, name), kind, "--out" if name == "out" and kind == "file" else "output")
         return int(args.func(args) or 0)
     except InputError as e:
         print(f"visualprm {args.command}: error: {e}", file=sys.stderr)
@@ -556,6 +574,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"visualprm {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a server this command talks to: one line, never a traceback
+        from .jobs import service_failure
+
+        failed = service_failure(e)
+        if failed is None:
+            raise
+        line, code = failed
+        if args.command in RESUMING and code == 1:
+            line += "; finished work is saved: re-run to resume"
+        print(f"visualprm {args.command}: error: {line}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ the job; `add_data_commands` adds the parsers to the `visualprm` command (cli.py
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 
@@ -37,7 +36,6 @@ def _cmd_grade(a: argparse.Namespace) -> int:
 
 def _cmd_annotate(a: argparse.Namespace) -> int:
     from .montecarlo import annotate_file
-    from .policy import ServerUnavailable
 
     opts = {"retries": a.retries, "timeout": a.timeout, "device": a.device, "dtype": a.dtype}
     opts["batch_size"] = a.batch_size
@@ -45,31 +43,27 @@ def _cmd_annotate(a: argparse.Namespace) -> int:
         from .jobs import set_torch_threads
 
         set_torch_threads(a.torch_threads, a.device)
-    try:
-        annotate_file(
-            problems=a.problems,
-            policy=a.policy,
-            out=a.out,
-            solutions=a.solutions,
-            rollouts=a.rollouts,
-            max_steps=a.max_steps,
-            strategy=a.strategy,
-            temperature=a.temperature,
-            top_k=a.top_k or None,
-            top_p=a.top_p,
-            max_tokens=a.max_tokens,
-            concurrency=a.concurrency,
-            shard=a.shard,
-            seed=a.seed,
-            prompt=a.prompt,
-            checker=a.checker,
-            splitter=a.splitter,
-            image_root=a.image_root,
-            policy_options=opts,
-        )
-    except ServerUnavailable as e:
-        print(f"visualprm annotate: error: {e}; finished problems are saved: re-run to resume", file=sys.stderr)
-        return 1
+    annotate_file(
+        problems=a.problems,
+        policy=a.policy,
+        out=a.out,
+        solutions=a.solutions,
+        rollouts=a.rollouts,
+        max_steps=a.max_steps,
+        strategy=a.strategy,
+        temperature=a.temperature,
+        top_k=a.top_k or None,
+        top_p=a.top_p,
+        max_tokens=a.max_tokens,
+        concurrency=a.concurrency,
+        shard=a.shard,
+        seed=a.seed,
+        prompt=a.prompt,
+        checker=a.checker,
+        splitter=a.splitter,
+        image_root=a.image_root,
+        policy_options=opts,
+    )
     return 0
 
 

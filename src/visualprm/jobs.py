@@ -4,17 +4,25 @@
 stderr is not a terminal (logs, pipes, tests) or after `set_quiet(True)` (`visualprm --quiet`); jobs create it
 after their model has loaded, so the rate it shows is the work's alone.
 
+`resume_rows` / `append_rows` keep the finished part of a job in a `.partial` JSONL file beside its output (one
+header line naming the run, then one line per finished item, appended chunk by chunk with one write each), so a
+killed `score` or `bon` re-run with the same command keeps its finished work: a torn last line is dropped, a
+header from another run (other input file, model or options) starts the file afresh.
+
 `set_torch_threads` applies `--torch-threads` before a model loads. Its default (`None`): on a CUDA device
 torch's own default (the CPU only feeds the GPU); on a CPU `min(usable cores, DEFAULT_CPU_THREADS)`, unless
 `OMP_NUM_THREADS` is set (then the user's choice stands). Why 2 and not every core: see `DEFAULT_CPU_THREADS`.
 
-This module computes nothing and imports torch only inside `set_torch_threads`.
+This module computes nothing and imports torch only inside `set_torch_threads`, httpx in `service_failure`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from pathlib import Path
+from typing import Any
 
 # Measured with benchmarks/threads.py (README "Threads"): on a 2-core VM shared with other jobs, `score` and `bon`
 # on the tiny and the demo-size model ran fastest with 1 or 2 threads; more threads than free cores made OpenMP
@@ -75,3 +83,71 @@ def set_torch_threads(n: int | None = None, device: str | None = None) -> int:
         except RuntimeError:  # only allowed once, before any inter-op work; harmless to skip
             pass
     return torch.get_num_threads()
+
+
+def service_failure(e: BaseException) -> tuple[str, int] | None:
+    """One line and an exit status for a failure of a server this command talks to, or None if `e` is not one.
+
+    A refused API key (HTTP 401/403) or another refusal of the request (4xx): exit 2, the user's to fix. A server
+    that stayed down, overloaded or silent through every retry (connection errors, timeouts, 5xx): exit 1.
+    """
+    import httpx
+
+    from .client import ServiceError
+    from .openai_client import RequestError, ServerUnavailable
+
+    group = getattr(e, "exceptions", None)  # an ExceptionGroup (asyncio.TaskGroup)
+    if isinstance(group, tuple) and group and isinstance(group[0], BaseException):
+        return service_failure(group[0])
+    status = getattr(e, "status", None)
+    if isinstance(e, (ServiceError, RequestError)) and status in (401, 403):
+        detail = getattr(e, "detail", None) or str(e)
+        return f"the server refused the API key (HTTP {status}: {detail}); check --api-key or its variable", 2
+    if isinstance(e, ServiceError):
+        return (f"the server answered {e}", 2) if status is not None and status < 500 else (f"server error: {e}", 1)
+    if isinstance(e, RequestError):
+        return f"the server refused a request: {e}", 2
+    if isinstance(e, ServerUnavailable):
+        return f"server unavailable: {e}", 1
+    if isinstance(e, httpx.HTTPError):
+        try:
+            where = f" at {e.request.url}"
+        except RuntimeError:  # no request attached
+            where = ""
+        text = " ".join(str(e).split()) or "no answer"
+        return f"cannot reach the server{where} after retries ({type(e).__name__}: {text})", 1
+    return None
+
+
+def input_stamp(path: str | os.PathLike) -> dict:
+    """What identifies an input file's version for a resume header: absolute path, size, modification time."""
+    st = os.stat(path)
+    return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def resume_rows(partial: str | os.PathLike, header: dict[str, Any], fresh: bool = False) -> list[dict]:
+    """The rows a killed run with this `header` left in `partial`; otherwise (or if `fresh`) `partial` restarts
+    with `header` alone."""
+    from .schema import InputError, read_jsonl, repair_torn_tail, write_jsonl
+
+    p = Path(partial)
+    header = json.loads(json.dumps(header))  # as it reads back
+    if p.is_file() and not fresh:
+        repair_torn_tail(p)
+        try:
+            rows = [r for _, r in read_jsonl(p, allow_torn_tail=True)]
+        except InputError:
+            rows = []
+        if rows and rows[0].get("_resume") == header:
+            return rows[1:]
+        if rows:
+            print(f"resume: {p} is from another run (input, model or options differ): starting over", file=sys.stderr)
+    write_jsonl(p, [{"_resume": header}])
+    return []
+
+
+def append_rows(partial: str | os.PathLike, rows: list[dict]) -> None:
+    """Append finished rows with one write (a kill leaves at most a torn last line)."""
+    from .schema import append_jsonl
+
+    append_jsonl(partial, rows)
