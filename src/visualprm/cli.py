@@ -12,6 +12,7 @@ import os
 import sys
 import time
 
+from . import options as opt
 from .cli_data import add_data_commands
 from .schema import InputError
 
@@ -36,7 +37,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         "--no-system-prompt", action="store_true", help="leave out the VisualPRM system prompt (on by default)"
     )
     p.add_argument("--batch-size", type=_positive_int, default=8, help="solutions per forward pass (default 8)")
-    p.add_argument("--max-length", type=int, default=None, help="fail on sequences longer than this many tokens")
+    p.add_argument(
+        "--max-length", type=opt.POSITIVE_INT, default=None, help="fail on sequences longer than this many tokens"
+    )
     p.add_argument(
         "--label-mode",
         choices=("auto", "value", "advantage"),
@@ -149,8 +152,12 @@ def _cmd_make_tiny_model(a: argparse.Namespace) -> int:
 
 
 def _cmd_serve(a: argparse.Namespace) -> int:
+    from .jobs import port_problem
     from .server import serve
 
+    if (problem := port_problem(a.host, a.port)) is not None:  # before the model loads
+        print(f"visualprm serve: error: {problem}", file=sys.stderr)
+        return 1
     _threads(a)
     return serve(
         prm=a.prm,
@@ -279,7 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output JSONL (written atomically)")
     p.add_argument("--aggregate", choices=AGGREGATES, default="mean", help="step scores -> one score (mean)")
     p.add_argument("--image-root", default=None, help="folder for relative image paths (default: the input's)")
-    p.add_argument("--max-steps", type=int, default=12, help="when splitting a response: at most this many steps")
+    p.add_argument(
+        "--max-steps", type=opt.POSITIVE_INT, default=12, help="when splitting a response: at most this many steps"
+    )
     p.add_argument("--splitter", default=None, help="custom step splitter: blank|markers|re:PATTERN|module:function")
     _add_model_options(p)
     p.set_defaults(func=_cmd_score)
@@ -298,10 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--aggregate", choices=AGGREGATES, default="mean", help="aggregate used for the pick (mean)")
     p.add_argument("--image-root", default=None, help="folder for relative image paths (default: the input's)")
-    p.add_argument("--max-steps", type=int, default=12, help="at most this many steps per response")
+    p.add_argument("--max-steps", type=opt.POSITIVE_INT, default=12, help="at most this many steps per response")
     p.add_argument("--splitter", default=None, help="custom step splitter: blank|markers|re:PATTERN|module:function")
     p.add_argument("--seed", type=int, default=0, help="seed for random subsets and the random pick")
-    p.add_argument("--limit", type=int, default=None, help="only the first N problems")
+    p.add_argument("--limit", type=opt.POSITIVE_INT, default=None, help="only the first N problems")
     p.add_argument("--subsets", type=_positive_int, default=32, help="random subsets per N on the curves (32)")
     p.add_argument("--checker", default=None, help="your own answer checker: module:function or file.py:function")
     p.add_argument(
@@ -324,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="architecture (default qwen2_vl)",
     )
     p.add_argument("--seed", type=int, default=0, help="weight seed")
-    p.add_argument("--image-size", type=int, default=56, help="input image side in pixels (default 56)")
+    p.add_argument("--image-size", type=opt.POSITIVE_INT, default=56, help="input image side in pixels (default 56)")
     p.set_defaults(func=_cmd_make_tiny_model)
 
     add_data_commands(sub)
@@ -336,21 +345,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--prm", required=True, help="PRM folder (model + processor)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--port", type=opt.port, default=8000, help="port (default 8000)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: $VISUALPRM_API_KEY)")
     p.add_argument("--image-root", default=None, help="folder that requests' image_paths are read from (else refused)")
     p.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs (public hosts only)")
     p.add_argument("--max-batch-size", type=_positive_int, default=16, help="solutions per forward pass (16)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="wait for more requests to fill a batch (5)")
+    p.add_argument("--max-wait-ms", type=opt.NONNEG, default=5.0, help="wait for more requests to fill a batch (5)")
     p.add_argument(
         "--share-prefix",
         action="store_true",
         help="score a request's solutions as one prefix-shared group (faster; equal to ~1e-7, not bit for bit)",
     )
     p.add_argument("--max-queue", type=_positive_int, default=4096, help="waiting solutions before 503 (4096)")
-    p.add_argument("--max-body-mb", type=float, default=20.0, help="request body limit in MiB (20)")
-    p.add_argument("--max-images", type=int, default=8, help="images per request (8)")
-    p.add_argument("--max-image-mb", type=float, default=10.0, help="one encoded image, in MiB (10)")
+    p.add_argument("--max-body-mb", type=opt.POSITIVE, default=20.0, help="request body limit in MiB (20)")
+    p.add_argument("--max-images", type=opt.NONNEG_INT, default=8, help="images per request (8)")
+    p.add_argument("--max-image-mb", type=opt.POSITIVE, default=10.0, help="one encoded image, in MiB (10)")
     p.add_argument("--max-image-pixels", type=_positive_int, default=4096 * 4096, help="width*height (4096^2)")
     p.add_argument("--max-solutions", type=_positive_int, default=64, help="solutions per request (64)")
     p.add_argument("--max-steps", type=_positive_int, default=64, help="steps per solution (64)")
@@ -378,11 +387,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--judge", help="an MLLM judge: openai:MODEL@URL (API key: $OPENAI_API_KEY)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--threshold", default="0.5", help="step score >= threshold = correct; 'auto': tuned (0.5)")
-    p.add_argument("--heldout", type=float, default=0.5, help="with --threshold auto: fraction held out (0.5)")
+    p.add_argument(
+        "--heldout",
+        type=opt.number_in(0, 1, lo_open=True, hi_open=True),
+        default=0.5,
+        help="with --threshold auto: fraction held out (0.5)",
+    )
     p.add_argument("--format", choices=("visualprocessbench", "processbench"), default=None, help="default: detect")
     p.add_argument("--subset", default=None, help="ProcessBench subset name (default: the file name)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N records of each file")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CIs (0: none)")
+    p.add_argument("--limit", type=opt.POSITIVE_INT, default=None, help="only the first N records of each file")
+    p.add_argument("--bootstrap", type=opt.NONNEG_INT, default=1000, help="bootstrap resamples for 95%% CIs (0: none)")
     p.add_argument("--seed", type=int, default=0, help="seed for the bootstrap and the held-out split")
     p.add_argument("--image-root", default=None, help="folder for relative image paths (default: the file's)")
     p.add_argument("--no-image", action="store_true", help="score without the images (text-only PRM or judge)")
@@ -403,7 +417,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="base model folder or hub id")
     p.add_argument("--out", default=None, help="output folder (the trained PRM)")
     p.add_argument("--eval-data", dest="eval_data", default=None, help="held-out conversations (else a split)")
-    p.add_argument("--eval-split", dest="eval_split", type=float, default=None, help="problems held out (0.1)")
+    p.add_argument(
+        "--eval-split",
+        dest="eval_split",
+        type=opt.number_in(0, 1, hi_open=True),
+        default=None,
+        help="problems held out (0.1)",
+    )
     p.add_argument("--image-root", dest="image_root", default=None, help="folder for relative image paths")
     p.add_argument(
         "--label-mode",
@@ -420,22 +440,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="hard labels: cross-entropy over the vocabulary (vocab, the paper's) or over the label tokens only "
         "(labels; for a base model that never wrote a label token) (vocab)",
     )
-    p.add_argument("--epochs", type=float, default=None, help="training epochs (1)")
-    p.add_argument("--max-steps", dest="max_steps", type=int, default=None, help="optimizer steps (-1: epochs)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (1e-5)")
+    p.add_argument("--epochs", type=opt.POSITIVE, default=None, help="training epochs (1)")
+    p.add_argument(
+        "--max-steps", dest="max_steps", type=opt.int_at_least(-1), default=None, help="optimizer steps (-1: epochs)"
+    )
+    p.add_argument("--lr", type=opt.POSITIVE, default=None, help="peak learning rate (1e-5)")
     p.add_argument("--batch-size", dest="batch_size", type=_positive_int, default=None, help="per device (1)")
     p.add_argument("--grad-accum", dest="grad_accum", type=_positive_int, default=None, help="accumulation (1)")
-    p.add_argument("--max-length", dest="max_length", type=int, default=None, help="longest sequence (0: none)")
+    p.add_argument(
+        "--max-length", dest="max_length", type=opt.NONNEG_INT, default=None, help="longest sequence (0: none)"
+    )
     p.add_argument("--seed", type=int, default=None, help="seed (0)")
     p.add_argument("--save-steps", dest="save_steps", type=_positive_int, default=None, help="checkpoint every N")
     p.add_argument("--save-total-limit", dest="save_total_limit", type=_positive_int, default=None, help="keep N (2)")
     p.add_argument("--logging-steps", dest="logging_steps", type=_positive_int, default=None, help="log every N")
-    p.add_argument("--eval-steps", dest="eval_steps", type=int, default=None, help="evaluate every N (0: at end)")
+    p.add_argument(
+        "--eval-steps", dest="eval_steps", type=opt.NONNEG_INT, default=None, help="evaluate every N (0: at end)"
+    )
     p.add_argument("--torch-dtype", dest="torch_dtype", default=None, help="weights dtype (float32)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N records")
+    p.add_argument("--limit", type=opt.NONNEG_INT, default=None, help="only the first N records")
     p.add_argument("--deepspeed", default=None, help="DeepSpeed JSON config")
-    p.add_argument("--num-workers", dest="num_workers", type=int, default=None, help="data loader workers (0)")
-    p.add_argument("--torch-threads", dest="torch_threads", type=int, default=None, help=TORCH_THREADS_HELP)
+    p.add_argument(
+        "--num-workers", dest="num_workers", type=opt.NONNEG_INT, default=None, help="data loader workers (0)"
+    )
+    p.add_argument("--torch-threads", dest="torch_threads", type=opt.NONNEG_INT, default=None, help=TORCH_THREADS_HELP)
     p.add_argument("--lora-r", dest="lora_r", type=_positive_int, default=None, help="LoRA rank (16)")
     p.add_argument("--lora-alpha", dest="lora_alpha", type=_positive_int, default=None, help="LoRA alpha (32)")
     for flag, dest, value, help_ in (
@@ -467,22 +495,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="beam", help="bon, beam, lookahead, or a comma list of them (beam)")
     p.add_argument("--width", type=_positive_int, default=4, help="beams kept; bon: solutions per round (4)")
     p.add_argument("--expand", type=_positive_int, default=4, help="next steps per beam; bon: N = width x expand (4)")
-    p.add_argument("--budget", type=_positive_int, default=None, help="generated tokens per problem (no cap)")
-    p.add_argument("--lookahead", type=int, default=2, help="lookahead: steps rolled out per candidate (2)")
+    p.add_argument(
+        "--budget",
+        type=_positive_int,
+        default=None,
+        help="generated tokens per problem: no round starts past it, so a method may overshoot it by up to one "
+        "round; the table shows the budget beside the spend (default: no budget)",
+    )
+    p.add_argument("--lookahead", type=opt.NONNEG_INT, default=2, help="lookahead: steps rolled out per candidate (2)")
     p.add_argument("--select", choices=AGGREGATES, default="last", help="rank partial solutions by (last)")
     p.add_argument("--aggregate", choices=AGGREGATES, default="mean", help="pick the answer by (mean)")
     p.add_argument("--step-sep", default="\\n\\n", help="step delimiter: generation stops at it (\\n\\n)")
     p.add_argument("--max-steps", type=_positive_int, default=12, help="steps per solution at most (12)")
-    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (0.7)")
-    p.add_argument("--top-p", type=float, default=0.95, help="top-p, 0 = off (0.95)")
-    p.add_argument("--top-k", type=int, default=0, help="top-k, 0 = off (0)")
-    p.add_argument("--lookahead-temperature", type=float, default=0.0, help="rollouts' temperature (0: greedy)")
+    p.add_argument("--temperature", type=opt.NONNEG, default=0.7, help="sampling temperature (0.7)")
+    p.add_argument("--top-p", type=opt.PROBABILITY, default=0.95, help="top-p, 0 = off (0.95)")
+    p.add_argument("--top-k", type=opt.NONNEG_INT, default=0, help="top-k, 0 = off (0)")
+    p.add_argument("--lookahead-temperature", type=opt.NONNEG, default=0.0, help="rollouts' temperature (0: greedy)")
     p.add_argument("--max-tokens", type=_positive_int, default=4096, help="new tokens per full solution (4096)")
     p.add_argument("--max-step-tokens", type=_positive_int, default=1024, help="new tokens per step (1024)")
     p.add_argument("--no-dedupe", action="store_true", help="keep identical candidate prefixes as separate beams")
     p.add_argument("--tokens", choices=("words", "prm"), default="words", help="count tokens as words or PRM tokens")
     p.add_argument("--seed", type=int, default=0, help="run seed (0)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N problems")
+    p.add_argument("--limit", type=opt.POSITIVE_INT, default=None, help="only the first N problems")
     p.add_argument("--concurrency", type=_positive_int, default=16, help="problems searched at once (16)")
     p.add_argument(
         "--prompt", choices=("final-answer", "boxed"), default="final-answer", help="answer format asked for"
@@ -491,8 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splitter", default=None, help="bon: step splitter blank|markers|re:PATTERN|module:function")
     p.add_argument("--image-root", default=None, help="folder for relative image paths (default: the input's)")
     p.add_argument("--api-key", default=None, help="--prm URL: the service's key (default $VISUALPRM_API_KEY)")
-    p.add_argument("--retries", type=int, default=6, help="openai: retries per request (6)")
-    p.add_argument("--timeout", type=float, default=600.0, help="openai: seconds per request (600)")
+    p.add_argument("--retries", type=opt.NONNEG_INT, default=6, help="openai: retries per request (6)")
+    p.add_argument("--timeout", type=opt.POSITIVE, default=600.0, help="openai: seconds per request (600)")
     p.add_argument("--policy-batch-size", type=_positive_int, default=8, help="hf policy: sequences per call (8)")
     _add_model_options(p)
     p.set_defaults(func=_cmd_search)
@@ -502,20 +536,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("out", help="output folder (the shipped one is src/visualprm/assets/base-model)")
     p.add_argument("--seed", type=int, default=0, help="seed for the weights and the data (0)")
-    p.add_argument("--steps", type=int, default=3000, help="steps of the first phase, seeing (3000)")
+    p.add_argument("--steps", type=opt.NONNEG_INT, default=3000, help="steps of the first phase, seeing (3000)")
     p.add_argument("--batch-size", type=_positive_int, default=32, help="sequences per step (32)")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the first phase (2e-3)")
+    p.add_argument("--lr", type=opt.POSITIVE, default=2e-3, help="peak learning rate of the first phase (2e-3)")
     p.add_argument(
-        "--check-steps", type=int, default=1200, help="steps of the second phase, checking claims (1200; 0: none)"
+        "--check-steps",
+        type=opt.NONNEG_INT,
+        default=1200,
+        help="steps of the second phase, checking claims (1200; 0: none)",
     )
     p.add_argument(
         "--init", default=None, help="start from this base model, not random weights (with --steps 0: phase 2 only)"
     )
-    p.add_argument("--check-lr", type=float, default=1e-3, help="peak learning rate of the second phase (1e-3)")
+    p.add_argument("--check-lr", type=opt.POSITIVE, default=1e-3, help="peak learning rate of the second phase (1e-3)")
     p.add_argument(
-        "--checkpoint-every", type=int, default=0, help="also save OUT.partial every this many steps (0: never)"
+        "--checkpoint-every",
+        type=opt.NONNEG_INT,
+        default=0,
+        help="also save OUT.partial every this many steps (0: never)",
     )
-    p.add_argument("--minutes", type=float, default=None, help="stop early after this many minutes (not reproducible)")
+    p.add_argument(
+        "--minutes", type=opt.POSITIVE, default=None, help="stop early after this many minutes (not reproducible)"
+    )
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.set_defaults(func=_cmd_make_base_model)
 

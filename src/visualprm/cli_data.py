@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from . import options as opt
+
 
 def _cmd_make_synthetic(a: argparse.Namespace) -> int:
     from collections import Counter
@@ -145,9 +147,11 @@ def add_data_commands(sub) -> None:
         default="all",
         help="all: every step; early-stop: stop at the first mc=0; binary: binary search for it (default all)",
     )
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (1.0)")
-    p.add_argument("--top-k", type=int, default=50, help="top-k sampling, 0 = off (hosted APIs need 0) (50)")
-    p.add_argument("--top-p", type=float, default=None, help="top-p sampling (off)")
+    p.add_argument("--temperature", type=opt.NONNEG, default=1.0, help="sampling temperature (1.0)")
+    p.add_argument(
+        "--top-k", type=opt.NONNEG_INT, default=50, help="top-k sampling, 0 = off (hosted APIs need 0) (50)"
+    )
+    p.add_argument("--top-p", type=opt.number_in(0, 1, lo_open=True), default=None, help="top-p sampling (off)")
     p.add_argument("--max-tokens", type=_positive_int, default=4096, help="new tokens per generation (4096)")
     p.add_argument(
         "--concurrency", type=_positive_int, default=8, help="problems at once; openai: HTTP requests in flight (8)"
@@ -160,8 +164,10 @@ def add_data_commands(sub) -> None:
     p.add_argument("--checker", default=None, help="answer checker module:function or file.py:function (built-in)")
     p.add_argument("--splitter", default=None, help="step splitter: blank|markers|re:PATTERN|module:function")
     p.add_argument("--image-root", default=None, help="folder for relative image paths (default: the input's)")
-    p.add_argument("--retries", type=int, default=6, help="openai: retries per request on 429/5xx/timeouts (6)")
-    p.add_argument("--timeout", type=float, default=600.0, help="openai: seconds per request (600)")
+    p.add_argument(
+        "--retries", type=opt.NONNEG_INT, default=6, help="openai: retries per request on 429/5xx/timeouts (6)"
+    )
+    p.add_argument("--timeout", type=opt.POSITIVE, default=600.0, help="openai: seconds per request (600)")
     p.add_argument("--device", default=None, help="hf: torch device")
     p.add_argument("--dtype", default=None, help="hf: float32, bfloat16 or float16")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="hf: sequences per generate call (8)")
@@ -178,7 +184,12 @@ def add_data_commands(sub) -> None:
     p.add_argument("--annotated", required=True, help="annotated JSONL (annotate's output or VisualPRM400K-Raw)")
     p.add_argument("--out", required=True, help="output JSONL (written atomically)")
     p.add_argument("--labels", choices=("value", "advantage", "soft"), default="value", help="label kind (value)")
-    p.add_argument("--threshold", type=float, default=0.0, help="value/soft: + iff mc > threshold (0.0)")
+    p.add_argument(
+        "--threshold",
+        type=opt.number_in(0, 1, hi_open=True),
+        default=0.0,
+        help="value/soft: + iff mc > threshold (0.0)",
+    )
     p.add_argument("--orm", action="store_true", help="ORM data: all steps in one turn, the last step's mc")
     p.add_argument("--no-system-prompt", action="store_true", help="leave out the VisualPRM system turn")
     p.add_argument("--image-root", default=None, help="folder for relative image paths (default: the input's)")

@@ -38,12 +38,15 @@ def set_quiet(quiet: bool) -> None:
     _QUIET = bool(quiet)
 
 
-def bar(total: int | None = None, desc: str = "", unit: str = "it", enabled: bool = True, **kw):
-    """A tqdm progress bar on stderr, disabled when `enabled` is false, under `--quiet`, or off a terminal."""
+def bar(total: int | None = None, desc: str = "", unit: str = "it", enabled: bool = True, iterable=None, **kw):
+    """A tqdm progress bar on stderr (over `iterable` if given), disabled when `enabled` is false, under
+    `--quiet`, or when stderr is not a terminal."""
     from tqdm import tqdm
 
     disable = True if (_QUIET or not enabled) else None  # None: tqdm turns itself off when stderr is no TTY
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable, dynamic_ncols=True, **kw)
+    return tqdm(
+        iterable, total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable, dynamic_ncols=True, **kw
+    )
 
 
 def usable_cores() -> int:
@@ -151,3 +154,26 @@ def append_rows(partial: str | os.PathLike, rows: list[dict]) -> None:
     from .schema import append_jsonl
 
     append_jsonl(partial, rows)
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why `serve` could not listen on host:port (in use, not allowed, unknown host), or None if it can.
+
+    Binds and closes a socket with SO_REUSEADDR, as uvicorn will, so a port held only by closed connections
+    (TIME_WAIT) counts as free. Checked before the model loads.
+    """
+    import socket
+
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as e:
+        return f"cannot resolve --host {host!r}: {e.strerror}"
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            return f"cannot listen on {host}:{port}: {e.strerror or e} (is another server running there?)"
+    return None

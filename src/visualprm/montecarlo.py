@@ -486,15 +486,14 @@ def annotate_file(
 
 
 def _run(policy, todo, out_path, run, check, split, concurrency, progress) -> dict:
-    from tqdm import tqdm
-
+    from .jobs import bar as progress_bar
     from .policy import policy_prompt
 
     sampling = {"temperature": run["temperature"], "top_k": run["top_k"], "top_p": run["top_p"]}
     sampling["max_tokens"] = run["max_tokens"]
     stats = Counter()
     t0 = time.time()
-    bar = tqdm(total=len(todo), desc="annotate", unit="problem", file=sys.stderr, disable=not progress or None)
+    bar = progress_bar(len(todo), "annotate", "problem", enabled=progress)
 
     def make_job(p: dict):
         return annotate_problem(

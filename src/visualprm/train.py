@@ -38,7 +38,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +54,7 @@ from .builddata import (
     system_prompt_of,
 )
 from .model import ADVANTAGE_LABELS, PRM_CONFIG, VALUE_LABELS, get_tokenizer
-from .schema import InputError, check_image, share_modes, write_json
+from .schema import InputError, check_image, check_output, share_modes, write_json
 
 
 def _f(default, help: str):  # noqa: A002 - the field's help text
@@ -393,11 +392,11 @@ def train(cfg: TrainConfig) -> dict:
     def enc_eval(ex):
         return encode_example(processor, ex, label_ids, placeholder, cfg.max_length)
 
-    from tqdm import tqdm
+    from .jobs import bar as progress_bar
 
     def encode_all(exs, fn, what):
         kept, n_long = [], 0
-        for ex in tqdm(exs, desc=f"encoding {what}", unit="conv", file=sys.stderr, disable=not _is_main()):
+        for ex in progress_bar(len(exs), f"encoding {what}", "conv", enabled=_is_main(), iterable=exs):
             try:
                 if cfg.preencode:
                     kept.append(fn(ex))
@@ -605,6 +604,8 @@ def train(cfg: TrainConfig) -> dict:
 def train_command(yaml_path: str | None, overrides: dict[str, Any]) -> int:
     """`visualprm train`: config from YAML and options, then `train`."""
     cfg = load_config(yaml_path, overrides)
+    if cfg.out:  # also when it comes from --config (cli.main checked --out)
+        check_output(cfg.out, "dir", "out")
     train(cfg)
     import torch
 
