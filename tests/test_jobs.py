@@ -297,7 +297,10 @@ def test_torch_threads_default_and_option(monkeypatch):
     before = torch.get_num_threads()
     try:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-        assert jobs.default_torch_threads("cpu") == min(jobs.usable_cores(), jobs.DEFAULT_CPU_THREADS)
+        monkeypatch.setattr(jobs, "usable_cores", lambda: 2)
+        assert jobs.default_torch_threads("cpu") == 1  # a small CPU: one thread
+        monkeypatch.setattr(jobs, "usable_cores", lambda: 64)
+        assert jobs.default_torch_threads("cpu") == jobs.DEFAULT_CPU_THREADS == 4
         assert jobs.default_torch_threads("cuda:0") is None  # a GPU: torch's own default
         monkeypatch.setenv("OMP_NUM_THREADS", "3")
         assert jobs.default_torch_threads("cpu") is None  # the user's choice stands

@@ -26,7 +26,7 @@ def _positive_int(s: str) -> int:
 
 AGGREGATES = ("mean", "min", "max", "last", "prod")
 TORCH_THREADS_HELP = (
-    "CPU threads for torch (default: min(cores, 4) on CPU; torch's own on CUDA or if $OMP_NUM_THREADS)"
+    "CPU threads for torch (default on CPU: half the cores, 1 to 4; torch's own on CUDA or if $OMP_NUM_THREADS)"
 )
 
 

@@ -10,8 +10,9 @@ killed `score` or `bon` re-run with the same command keeps its finished work: a 
 header from another run (other input file, model or options) starts the file afresh.
 
 `set_torch_threads` applies `--torch-threads` before a model loads. Its default (`None`): on a CUDA device
-torch's own default (the CPU only feeds the GPU); on a CPU `min(usable cores, DEFAULT_CPU_THREADS)`, unless
-`OMP_NUM_THREADS` is set (then the user's choice stands). Why 2 and not every core: see `DEFAULT_CPU_THREADS`.
+torch's own default (the CPU only feeds the GPU); on a CPU half the usable cores, at least 1 and at most
+`DEFAULT_CPU_THREADS`, unless `OMP_NUM_THREADS` is set (then the user's choice stands). Why not every core: see
+`DEFAULT_CPU_THREADS`.
 
 This module computes nothing and imports torch only inside `set_torch_threads`, httpx in `service_failure`.
 """
@@ -24,9 +25,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# Measured with benchmarks/threads.py (README "Threads"): on a 2-core VM shared with other jobs, `score` and `bon`
-# on the tiny and the demo-size model ran fastest with 1 or 2 threads; more threads than free cores made OpenMP
-# threads spin against each other (several times slower). 4 caps small/medium machines at a safe width.
+# Measured with benchmarks/threads.py (README, "What every command shares"): on a 2-core VM shared with other
+# jobs, `score` and `bon` on the tiny and the demo-size model took 2-6x longer with 2 threads (torch's default:
+# one per core) than with 1: OpenMP threads spin-wait for a core another process holds. Half the cores leaves
+# room for the rest of the machine (image decoding, tokenizing, a server's event loop, other jobs); the cap
+# keeps small models, which gain little from more threads, from spreading over a large machine.
 DEFAULT_CPU_THREADS = 4
 
 _QUIET = False
@@ -67,7 +70,7 @@ def default_torch_threads(device: str | None = None) -> int | None:
 
         if torch.cuda.is_available():
             return None
-    return min(usable_cores(), DEFAULT_CPU_THREADS)
+    return max(1, min(usable_cores() // 2, DEFAULT_CPU_THREADS))
 
 
 def set_torch_threads(n: int | None = None, device: str | None = None) -> int:
