@@ -278,12 +278,10 @@ def test_serve_on_a_busy_port_fails_before_loading(tmp_path, capsys):
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        t0 = time.time()
         # The PRM folder does not exist: had the model loaded first, this would be another error.
         assert main(["serve", "--prm", str(tmp_path / "no-prm"), "--port", str(port)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"cannot listen on 127.0.0.1:{port}" in err[0], err
-    assert time.time() - t0 < 5
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -152,12 +152,8 @@ def _cmd_make_tiny_model(a: argparse.Namespace) -> int:
 
 
 def _cmd_serve(a: argparse.Namespace) -> int:
-    from .jobs import port_problem
     from .server import serve
 
-    if (problem := port_problem(a.host, a.port)) is not None:  # before the model loads
-        print(f"visualprm serve: error: {problem}", file=sys.stderr)
-        return 1
     _threads(a)
     return serve(
         prm=a.prm,
