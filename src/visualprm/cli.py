@@ -610,7 +610,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"visualprm {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"visualprm {args.command}: interrupted", file=sys.stderr)
+        hint = "; finished work is saved: re-run to resume" if args.command in RESUMING else ""
+        print(f"visualprm {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
     except Exception as e:  # a server this command talks to: one line, never a traceback
         from .jobs import service_failure
