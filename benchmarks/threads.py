@@ -9,7 +9,7 @@ is removed from the children's environment (it would override nothing, but says 
 line is one JSON object.
 
     nice -n 5 python benchmarks/threads.py                  # threads 1, 2, 4; 40 problems x 8 candidates
-    python benchmarks/threads.py --threads 1,2,4,8 --problems 100
+    python benchmarks/threads.py --threads 1,2,2p,4 --problems 100   # 2p: 2 threads, OMP_WAIT_POLICY=PASSIVE
 """
 
 from __future__ import annotations
@@ -60,12 +60,13 @@ def make_data(d: Path, n_problems: int, n_candidates: int) -> tuple[Path, Path]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", default="1,2,4", help="comma list of thread counts (1,2,4)")
+    ap.add_argument("--threads", default="1,2,4", help="comma list of thread counts; Np: OMP_WAIT_POLICY=PASSIVE")
+    ap.add_argument("--models", default="tiny,demo-size", help="comma list: tiny, demo-size")
     ap.add_argument("--problems", type=int, default=40)
     ap.add_argument("--candidates", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    threads = [int(t) for t in args.threads.split(",")]
+    threads = args.threads.split(",")
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     env["TOKENIZERS_PARALLELISM"] = "false"
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,6 +77,7 @@ def main() -> None:
         make_tiny_model(d / "tiny", arch="qwen2_vl")
         base = Path(__file__).resolve().parents[1] / "src" / "visualprm" / "assets" / "base-model"
         models = {"tiny": str(d / "tiny"), "demo-size": str(base)}
+        models = {k: v for k, v in models.items() if k in args.models.split(",")}
         cmds = {
             "score": lambda m, o: ["score", "--prm", m, "--input", str(sols), "--out", str(o / "s.jsonl")],
             "bon": lambda m, o: ["bon", "--prm", m, "--input", str(cands), "--out", str(o / "bon")],
@@ -85,12 +87,14 @@ def main() -> None:
             for mname, mpath in models.items():
                 for cname, cmd in cmds.items():
                     for t in threads:
-                        argv = [sys.executable, "-m", "visualprm", *cmd(mpath, d), "--torch-threads", str(t)]
+                        n = t.rstrip("p")
+                        argv = [sys.executable, "-m", "visualprm", *cmd(mpath, d), "--torch-threads", n]
+                        run_env = {**env, "OMP_WAIT_POLICY": "PASSIVE"} if t.endswith("p") else env
                         t0 = time.perf_counter()
-                        subprocess.run(argv, env=env, check=True, capture_output=True)
+                        subprocess.run(argv, env=run_env, check=True, capture_output=True)
                         dt = time.perf_counter() - t0
                         times.setdefault(f"{mname} {cname} T={t}", []).append(dt)
-                        print(f"round {r}: {mname:9s} {cname:5s} threads {t}: {dt:6.1f}s", flush=True)
+                        print(f"round {r}: {mname:9s} {cname:5s} threads {t:3s}: {dt:6.1f}s", flush=True)
     med = {k: round(statistics.median(v), 2) for k, v in times.items()}
     print(f"\nmachine: {_cpu_name()}, {os.cpu_count()} cores; {args.problems} problems x {args.candidates} candidates")
     for mname in models:
