@@ -313,7 +313,7 @@ def test_bad_input_fails_before_work_or_skips(tmp_path, syn, capsys):
     rc, cap = run(recs[:2], policy="gpt4")
     assert rc == 2 and "bad policy spec 'gpt4'" in cap.err and not out.exists()
     rc, cap = run(recs[:2], policy="openai:m@http://127.0.0.1:9")
-    assert rc == 2 and "cannot reach the OpenAI-compatible server" in cap.err and not out.exists()
+    assert rc == 1 and "cannot reach the OpenAI-compatible server" in cap.err and not out.exists()
     rc, cap = run([recs[0], recs[0]])
     assert rc == 2 and "duplicate id" in cap.err
     # one bad problem among many: skipped with a warning and counted
