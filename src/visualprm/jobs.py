@@ -1,4 +1,5 @@
-"""What every long job shares: its progress bar and the number of CPU threads torch uses.
+"""What every long job shares: its progress bar, torch's CPU threads, resume files, and server failures told in
+one line.
 
 `bar` is the one progress bar of the toolkit (tqdm, on stderr): items done, rate and time left. It is off when
 stderr is not a terminal (logs, pipes, tests) or after `set_quiet(True)` (`visualprm --quiet`); jobs create it
@@ -14,6 +15,10 @@ torch's own default (the CPU only feeds the GPU); on a CPU half the usable cores
 `DEFAULT_CPU_THREADS`, unless `OMP_NUM_THREADS` is set (then the user's choice stands). Why not every core: see
 `DEFAULT_CPU_THREADS`.
 
+`service_failure` turns the exception of a server this command talks to (a refused key, a server down after the
+retries) into one line and an exit status for cli.main; `port_problem` tells `serve` that its port is taken
+before the model loads.
+
 This module computes nothing and imports torch only inside `set_torch_threads`, httpx in `service_failure`.
 """
 
@@ -26,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 # Measured with benchmarks/threads.py (README, "What every command shares"): on a 2-core VM shared with other
-# jobs, `score` and `bon` on the tiny and the demo-size model took 2-6x longer with 2 threads (torch's default:
+# jobs, `score` and `bon` on the tiny and the demo-size model took 4-5x longer with 2 threads (torch's default:
 # one per core) than with 1: OpenMP threads spin-wait for a core another process holds. Half the cores leaves
 # room for the rest of the machine (image decoding, tokenizing, a server's event loop, other jobs); the cap
 # keeps small models, which gain little from more threads, from spreading over a large machine.
