@@ -352,7 +352,12 @@ def score_file(
     header |= {"max_length": max_length, "label_mode": label_mode, "chunk": max(1, scorer.batch_size) * 4}
     partial = Path(str(out_path) + ".partial")
     out = resume_rows(partial, header)
-    if len(out) > len(records) or any(r.get("id") != sol.get("id") for r, (_, sol) in zip(out, records)):
+    whole_chunks = len(out) % header["chunk"] == 0 or len(out) == len(records)  # same batches as in one run
+    if (
+        not whole_chunks
+        or len(out) > len(records)
+        or any(r.get("id") != sol.get("id") for r, (_, sol) in zip(out, records))
+    ):
         out = resume_rows(partial, header, fresh=True)  # does not match the input: start over
     n_resumed = len(out)
     if n_resumed:
