@@ -296,7 +296,10 @@ def test_torch_threads_default_and_option(monkeypatch):
     try:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
         monkeypatch.setattr(jobs, "usable_cores", lambda: 2)
-        assert jobs.default_torch_threads("cpu") == 1  # a small CPU: one thread
+        monkeypatch.setattr(jobs, "_PASSIVE", True)  # threads sleep while they wait: one per core
+        assert jobs.default_torch_threads("cpu") == 2
+        monkeypatch.setattr(jobs, "_PASSIVE", False)  # torch loaded before the policy could be chosen: half
+        assert jobs.default_torch_threads("cpu") == 1
         monkeypatch.setattr(jobs, "usable_cores", lambda: 64)
         assert jobs.default_torch_threads("cpu") == jobs.DEFAULT_CPU_THREADS == 4
         assert jobs.default_torch_threads("cuda:0") is None  # a GPU: torch's own default
@@ -305,6 +308,27 @@ def test_torch_threads_default_and_option(monkeypatch):
         assert jobs.set_torch_threads(1) == 1 == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+
+
+def test_passive_wait_is_chosen_before_torch_loads():
+    code = (
+        "import os, sys; from visualprm import jobs; assert jobs.prefer_passive_wait(); "
+        "assert os.environ['OMP_WAIT_POLICY'] == 'PASSIVE' and 'torch' not in sys.modules; "
+        "os.environ.pop('OMP_NUM_THREADS', None); print(jobs.set_torch_threads(None, 'cpu'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    from visualprm.jobs import DEFAULT_CPU_THREADS, usable_cores
+
+    assert int(out.stdout) == min(usable_cores(), DEFAULT_CPU_THREADS)
+    mine = subprocess.run(
+        [sys.executable, "-c", "from visualprm import jobs; print(jobs.prefer_passive_wait())"],
+        env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+        capture_output=True,
+        text=True,
+    )
+    assert mine.stdout.strip() == "False"  # the user's policy stands
 
 
 def test_progress_bar_off_when_quiet_or_not_a_terminal():

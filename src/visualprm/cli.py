@@ -26,7 +26,7 @@ def _positive_int(s: str) -> int:
 
 AGGREGATES = ("mean", "min", "max", "last", "prod")
 TORCH_THREADS_HELP = (
-    "CPU threads for torch (default on CPU: half the cores, 1 to 4; torch's own on CUDA or if $OMP_NUM_THREADS)"
+    "CPU threads for torch (default on CPU: one per core, at most 4; torch's own on CUDA or if $OMP_NUM_THREADS)"
 )
 
 
@@ -592,6 +592,9 @@ RESUMING = ("annotate", "score", "bon")  # a re-run keeps their finished work
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # Hugging Face's save/load bars; ours say more
+    from .jobs import prefer_passive_wait
+
+    prefer_passive_wait()  # before torch loads: OpenMP threads sleep instead of spinning (jobs.py, measured)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -11,8 +11,9 @@ killed `score` or `bon` re-run with the same command keeps its finished work: a 
 header from another run (other input file, model or options) starts the file afresh.
 
 `set_torch_threads` applies `--torch-threads` before a model loads. Its default (`None`): on a CUDA device
-torch's own default (the CPU only feeds the GPU); on a CPU half the usable cores, at least 1 and at most
-`DEFAULT_CPU_THREADS`, unless `OMP_NUM_THREADS` is set (then the user's choice stands). Why not every core: see
+torch's own default (the CPU only feeds the GPU); when `OMP_NUM_THREADS` is set, the user's choice; on a CPU
+with OpenMP's passive wait in effect (`prefer_passive_wait`, which `visualprm` calls before torch loads) one
+thread per usable core, at most `DEFAULT_CPU_THREADS`; without it half the cores, at least 1. Why: see
 `DEFAULT_CPU_THREADS`.
 
 `service_failure` turns the exception of a server this command talks to (a refused key, a server down after the
@@ -30,12 +31,27 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# Measured with benchmarks/threads.py (README, "What every command shares"): on a 2-core VM shared with other
-# jobs, `score` and `bon` on the tiny and the demo-size model took 4-5x longer with 2 threads (torch's default:
-# one per core) than with 1: OpenMP threads spin-wait for a core another process holds. Half the cores leaves
-# room for the rest of the machine (image decoding, tokenizing, a server's event loop, other jobs); the cap
-# keeps small models, which gain little from more threads, from spreading over a large machine.
+# Measured with benchmarks/threads.py (README, "What every command shares"), 2-core VM shared with other jobs:
+# `score` and `bon` on the tiny and the demo-size model took 4-5x longer with 2 threads (torch's default: one per
+# core) than with 1, because OpenMP threads spin while they wait for a core another process holds. With
+# OMP_WAIT_POLICY=PASSIVE (they sleep instead) 2 threads were as fast as 1 or faster (bon 1.3-1.4x). So:
+# passive wait and one thread per core, or, where torch was loaded before we could choose the wait policy, half
+# the cores. The cap keeps small models, which gain little from more threads, from spreading over a large
+# machine; larger machines were not measured.
 DEFAULT_CPU_THREADS = 4
+
+_PASSIVE = False  # OMP_WAIT_POLICY=PASSIVE is in effect for this process's torch (set before torch loaded)
+
+
+def prefer_passive_wait() -> bool:
+    """Before torch loads: let OpenMP threads sleep, not spin, while they wait (OMP_WAIT_POLICY=PASSIVE) unless
+    the user chose a policy. Returns whether the passive policy is in effect for torch in this process."""
+    global _PASSIVE
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        _PASSIVE = os.environ["OMP_WAIT_POLICY"].upper() == "PASSIVE"
+    return _PASSIVE
+
 
 _QUIET = False
 
@@ -75,7 +91,8 @@ def default_torch_threads(device: str | None = None) -> int | None:
 
         if torch.cuda.is_available():
             return None
-    return max(1, min(usable_cores() // 2, DEFAULT_CPU_THREADS))
+    cores = usable_cores()
+    return min(cores if _PASSIVE else max(1, cores // 2), DEFAULT_CPU_THREADS)
 
 
 def set_torch_threads(n: int | None = None, device: str | None = None) -> int:

@@ -112,7 +112,7 @@ class TrainConfig:
     eval_steps: int = _f(0, "also evaluate every N optimizer steps (0: only at the end)")
     preencode: bool = _f(True, "encode every conversation up front and keep it in memory (else lazily)")
     num_workers: int = _f(0, "data loader worker processes")
-    torch_threads: int = _f(0, "torch CPU threads (0: as in score: half the cores, 1 to 4; CUDA: torch's own)")
+    torch_threads: int = _f(0, "torch CPU threads (0: as in score: one per core, at most 4; CUDA: torch's own)")
     limit: int = _f(0, "use only the first N records of the data (0: all)")
     deepspeed: str = _f("", "DeepSpeed JSON config (or pass an accelerate config with DeepSpeed)")
     overwrite: bool = _f(False, "start afresh even if OUT holds checkpoints or a finished model")
