@@ -127,8 +127,18 @@ def test_bad_out_refused_before_any_work(tmp_path, capsys):
         assert sorted(p.name for p in tmp_path.rglob("*")) == before
         if Path("/dev/full").exists():
             assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
-    assert main(["bon", "--prm", "x", "--input", "x.jsonl", "--out", str(tmp_path / "afile")]) == 2
-    assert "not a directory" in _one_error_line(capsys, tmp_path / "afile")
+    afile = str(tmp_path / "afile")
+    for cmd in (
+        ["bon", "--prm", "x", "--input", "x.jsonl", "--out", afile],
+        ["bench", "--bench", "b.json", "--prm", "x", "--out", afile],
+        ["search", "--policy", "synthetic", "--prm", "x", "--problems", "p.jsonl", "--out", afile],
+        ["train", "--data", "d.jsonl", "--model", "m", "--out", afile],
+        ["demo", "--out", afile],
+        ["make-tiny-model", afile],
+        ["make-base-model", afile],
+    ):
+        assert main(cmd) == 2, cmd
+        assert "not a directory" in _one_error_line(capsys, afile)
     assert main(["make-synthetic", str(tmp_path / "afile" / "sub")]) == 2
     assert "not a directory" in _one_error_line(capsys, tmp_path / "afile")
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
