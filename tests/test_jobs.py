@@ -320,6 +320,7 @@ def test_torch_threads_default_and_option(monkeypatch):
         torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_passive_wait_is_chosen_before_torch_loads():
     code = (
         "import os, sys; from visualprm import jobs; assert jobs.prefer_passive_wait(); "
