@@ -433,3 +433,13 @@ def test_bon_resumes_its_scoring(tiny_prm, tmp_path, monkeypatch):
     for name in ("picks.jsonl", "samples.jsonl"):
         assert (tmp_path / "out" / name).read_text() == (tmp_path / "ref" / name).read_text()
     assert not (tmp_path / "out" / "scores.partial").exists()
+
+
+def test_search_table_shows_the_budget_beside_the_spend():
+    from visualprm.search import format_table
+
+    row = {"problems": 2, "accuracy": 0.5, "oracle": 1.0, "tokens": 343.0, "requests": 4.0, "samples": 16.0}
+    row |= {"rounds": 4.0, "prm_solutions": 16.0, "seconds": 1.0}
+    table = format_table({"bon": row}, budget=300)
+    assert "budget 300 tokens per problem; mean spent: bon 343.0" in table and "overshoot" in table
+    assert "budget" not in format_table({"bon": row})
