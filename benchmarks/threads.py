@@ -5,11 +5,12 @@ runs `visualprm score` (every candidate as one solution) and `visualprm bon` as 
 `--torch-threads T` for each T, on the tiny random-weight model and on the demo-size model (the shipped base
 model, a 2M-parameter Qwen2-VL). Rounds interleave the thread counts, so a busy machine slows them alike; the
 median of `--rounds` counts. Wall time includes start-up and model loading, as a user sees it. OMP_NUM_THREADS
-is removed from the children's environment (it would override nothing, but says what the user chose). The last
+is removed from the children's environment (it would override nothing, but says what the user chose), and
+OMP_WAIT_POLICY is left to `visualprm` (passive) unless a count ends in `a` (active) or `p` (passive). The last
 line is one JSON object.
 
     nice -n 5 python benchmarks/threads.py                  # threads 1, 2, 4; 40 problems x 8 candidates
-    python benchmarks/threads.py --threads 1,2,2p,4 --problems 100   # 2p: 2 threads, OMP_WAIT_POLICY=PASSIVE
+    python benchmarks/threads.py --threads 1,2a,2p --problems 100   # 2 threads, OMP_WAIT_POLICY=ACTIVE / PASSIVE
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def make_data(d: Path, n_problems: int, n_candidates: int) -> tuple[Path, Path]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", default="1,2,4", help="comma list of thread counts; Np: OMP_WAIT_POLICY=PASSIVE")
+    ap.add_argument("--threads", default="1,2,4", help="comma list of thread counts; Np / Na: passive / active wait")
     ap.add_argument("--models", default="tiny,demo-size", help="comma list: tiny, demo-size")
     ap.add_argument("--problems", type=int, default=40)
     ap.add_argument("--candidates", type=int, default=8)
@@ -87,9 +88,10 @@ def main() -> None:
             for mname, mpath in models.items():
                 for cname, cmd in cmds.items():
                     for t in threads:
-                        n = t.rstrip("p")
+                        n = t.rstrip("pa")
                         argv = [sys.executable, "-m", "visualprm", *cmd(mpath, d), "--torch-threads", n]
-                        run_env = {**env, "OMP_WAIT_POLICY": "PASSIVE"} if t.endswith("p") else env
+                        policy = {"p": "PASSIVE", "a": "ACTIVE"}.get(t[-1])  # else visualprm's default: passive
+                        run_env = {**env, "OMP_WAIT_POLICY": policy} if policy else env
                         t0 = time.perf_counter()
                         subprocess.run(argv, env=run_env, check=True, capture_output=True)
                         dt = time.perf_counter() - t0
