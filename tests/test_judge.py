@@ -186,11 +186,11 @@ def test_bench_judge_against_local_server(tmp_path, judge_server):
     assert 0.0 <= res["overall"]["macro_f1"] <= 1.0
 
 
-def test_bench_judge_unreachable_server_is_input_error(tmp_path, capsys):
+def test_bench_judge_unreachable_server_exits_1(tmp_path, capsys):
     bench_path = _vpb(tmp_path, ["md"])
     rc = main(["bench", "--bench", str(bench_path), "--judge", "openai:j@http://127.0.0.1:9", "--out",
                str(tmp_path / "o")])  # fmt: skip
-    assert rc == 2
+    assert rc == 1
     assert "cannot reach" in capsys.readouterr().err
 
 

@@ -313,7 +313,7 @@ def test_bad_input_fails_before_work_or_skips(tmp_path, syn, capsys):
     rc, cap = run(recs[:2], policy="gpt4")
     assert rc == 2 and "bad policy spec 'gpt4'" in cap.err and not out.exists()
     rc, cap = run(recs[:2], policy="openai:m@http://127.0.0.1:9")
-    assert rc == 2 and "cannot reach the OpenAI-compatible server" in cap.err and not out.exists()
+    assert rc == 1 and "cannot reach the OpenAI-compatible server" in cap.err and not out.exists()
     rc, cap = run([recs[0], recs[0]])
     assert rc == 2 and "duplicate id" in cap.err
     # one bad problem among many: skipped with a warning and counted
@@ -382,7 +382,7 @@ def test_server_down_midway_exits_1_and_resumes(tmp_path, syn, capsys):
     try:
         assert main(argv) == 1
         err = capsys.readouterr().err.strip()
-        assert "failed after 1 attempts" in err and err.endswith("finished problems are saved: re-run to resume")
+        assert "failed after 1 attempts" in err and err.endswith("finished work is saved: re-run to resume")
         fake.fail_every = 0
         assert main(argv) == 0
     finally:

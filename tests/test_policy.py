@@ -123,7 +123,7 @@ def test_openai_errors(problems):
         assert res[0]["choices"] and isinstance(res[1], RequestError)
     finally:
         fake.stop()
-    with pytest.raises(InputError, match="cannot reach the OpenAI-compatible server at http://127.0.0.1:9/v1"):
+    with pytest.raises(ServerUnavailable, match="cannot reach the OpenAI-compatible server at http://127.0.0.1:9/v1"):
         load_policy("openai:syn@http://127.0.0.1:9")
 
 

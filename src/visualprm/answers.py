@@ -30,7 +30,6 @@ import logging
 import math
 import re
 import string
-import sys
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -568,10 +567,10 @@ def grade_file(
             raise loc.error(f"expected a string, got {type(rec['response']).__name__}", "response")
         if not _has_gold(rec.get("answer")):
             raise loc.error("missing gold answer", "answer")
-    from tqdm import tqdm
+    from .jobs import bar as progress_bar
 
     out, per_mode = [], {}
-    for loc, rec in tqdm(items, desc="grade", unit="answer", disable=not progress or None, file=sys.stderr):
+    for loc, rec in progress_bar(len(items), "grade", "answer", enabled=progress, iterable=items):
         try:
             v = fn(rec["response"], rec)
         except InputError as e:

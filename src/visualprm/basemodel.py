@@ -47,7 +47,7 @@ import sys
 import time
 from pathlib import Path
 
-from .schema import InputError, write_json
+from .schema import InputError, share_modes, write_json
 from .synthetic import (
     COLORS,
     GRID,
@@ -573,6 +573,7 @@ def _save(model, processor, out: Path) -> Path:
     cfg = json.loads(cfg_path.read_text())
     cfg["dtype"] = "float32"
     cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+    share_modes(staged)  # safetensors writes 0600
     return staged
 
 

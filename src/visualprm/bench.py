@@ -25,7 +25,6 @@ This module does not load models itself (scoring.Scorer and judge.Judge do) and 
 from __future__ import annotations
 
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -208,10 +207,10 @@ def scores_from_file(path: str, items: list[dict], n_full: int) -> list[list[flo
 def score_items(engine, items: list[dict], image_root=None, no_image: bool = False, chunk: int = 32):
     """Step scores from an engine with `score_steps(items)` (a Scorer or a Judge), a chunk of records at a time
     so that only a chunk's images are in memory."""
-    from tqdm import tqdm
+    from .jobs import bar as progress_bar
 
     out: list[list[float]] = []
-    with tqdm(total=len(items), desc="scoring", unit="rec", file=sys.stderr, disable=None) as bar:
+    with progress_bar(len(items), "scoring", "rec") as bar:
         for i in range(0, len(items), chunk):
             batch = []
             for it in items[i : i + chunk]:
@@ -591,6 +590,8 @@ def run_bench(
             threshold = float(threshold)
         except ValueError:
             raise InputError(f"--threshold must be a number or 'auto', got {threshold!r}") from None
+        if not -1.0 <= threshold <= 1.0:  # scores are P(+) in [0, 1], or P(+) - P(-) in [-1, 1] (advantage)
+            raise InputError(f"--threshold must be in [-1, 1] or 'auto', got {threshold:g}")
     if auto and not 0 < heldout < 1:
         raise InputError(f"--heldout must be between 0 and 1, got {heldout}")
     t0 = time.time()

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from . import schema
+from .jobs import input_stamp
 from .schema import InputError
 from .scoring import AGGREGATES, aggregate
 
@@ -261,15 +262,25 @@ def _load_problems(input_path, limit, max_steps, splitter):
     return problems
 
 
-def _score_all(engine, problems, image_root, no_image, one_step: bool, chunk: int = 16, desc: str = "scoring"):
-    from tqdm import tqdm
-
+def _score_all(
+    engine, problems, image_root, no_image, one_step: bool, chunk: int = 16, desc: str = "scoring", partial=None
+):
+    """Step scores of every candidate of every problem, chunk by chunk. `partial` = (path, header): finished
+    chunks are appended there and those a killed run with the same header left are kept (`jobs.resume_rows`)."""
+    from .jobs import append_rows, resume_rows
+    from .jobs import bar as progress_bar
     from .steps import join_steps
 
     out = []
+    if partial is not None:
+        out = [r["scores"] for r in resume_rows(*partial)]
+        if len(out) > len(problems) or (len(out) % chunk and len(out) != len(problems)):
+            out = resume_rows(*partial, fresh=True)
+        elif out:
+            print(f"resume: kept the {desc} of {len(out)} problems from {partial[0]}", file=sys.stderr)
     base = Path(problems[0]["_loc"].path).parent
-    with tqdm(total=len(problems), desc=desc, unit="problem", file=sys.stderr, disable=None) as bar:
-        for i in range(0, len(problems), chunk):
+    with progress_bar(len(problems), desc, "problem", initial=len(out)) as bar:
+        for i in range(len(out), len(problems), chunk):
             groups = []
             for p in problems[i : i + chunk]:
                 images = []
@@ -278,7 +289,10 @@ def _score_all(engine, problems, image_root, no_image, one_step: bool, chunk: in
                     images = [schema.load_image(x, p["_loc"]) for x in paths]
                 sols = [[join_steps(s)] for s in p["_steps"]] if one_step else p["_steps"]
                 groups.append({"question": p["question"], "images": images, "solutions": sols})
-            out += engine.score_groups(groups)
+            scored = engine.score_groups(groups)
+            if partial is not None:
+                append_rows(partial[0], [{"scores": g} for g in scored])
+            out += scored
             bar.update(len(groups))
     return out
 
@@ -349,6 +363,7 @@ def bon_file(
     if aggregate not in AGGREGATES:
         raise InputError(f"unknown aggregate {aggregate!r}; choose from {', '.join(AGGREGATES)}", field="aggregate")
     t0 = time.time()
+    engine_given, orm_given = engine, orm_engine
     if engine is None and (prm is None) == (judge is None):
         raise InputError("give exactly one of --prm and --judge")
     problems = _load_problems(input_path, limit, max_steps, splitter)
@@ -382,18 +397,32 @@ def bon_file(
             engine = Judge.from_spec(judge, concurrency=concurrency, seed=seed)
         else:
             engine = load(prm)
-    step_scores = _score_all(engine, problems, image_root, no_image, one_step=False)
+    # Resume: the scores of finished chunks of a killed run with the same command are kept in OUT/*.partial.
+    out = Path(out_dir)
+    resumable = engine_given is None  # an engine passed in has no name to check a resume against
+    header = {"input": input_stamp(input_path), "prm": prm, "judge": judge, "limit": limit, "max_steps": max_steps}
+    header |= {"splitter": splitter if isinstance(splitter, (str, type(None))) else repr(splitter)}
+    header |= {"image_root": image_root, "no_image": no_image, "batch_size": batch_size, "dtype": dtype}
+    header |= {"system_prompt": system_prompt, "max_length": max_length, "label_mode": label_mode, "seed": seed}
+    header |= {"share_prefix": share_prefix, "max_batch_tokens": max_batch_tokens, "device": device}
+    header |= {"engine_options": engine_options}
+    cache = out / "scores.partial"
+    step_scores = _score_all(
+        engine, problems, image_root, no_image, one_step=False, partial=(cache, header) if resumable else None
+    )
     orm_scores = None
     if orm_engine is None and orm is not None:
         orm_engine = engine if orm == "prm" else load(orm)
+    orm_cache = out / "orm_scores.partial"
     if orm_engine is not None:
+        orm_part = (orm_cache, {**header, "orm": orm}) if resumable and orm_given is None else None
         orm_scores = [
-            [s[0] for s in g] for g in _score_all(orm_engine, problems, image_root, no_image, True, desc="ORM")
+            [s[0] for s in g]
+            for g in _score_all(orm_engine, problems, image_root, no_image, True, desc="ORM", partial=orm_part)
         ]
 
     from .report import report_images
 
-    out = Path(out_dir)
     picks, eval_records, samples, shown = [], [], [], []
     for i, (p, ss) in enumerate(zip(problems, step_scores)):
         agg = [aggregate_value(s, aggregate) for s in ss]
@@ -431,6 +460,8 @@ def bon_file(
         print(f"PRM engine: {counts_line(engine.engine_counts())}")
     if not eval_records:
         print("no gold answers: picks only, no evaluation")
+        cache.unlink(missing_ok=True)
+        orm_cache.unlink(missing_ok=True)
         return 0
 
     ev = evaluate_bon(eval_records, seed=seed, aggregate_by=aggregate, n_subsets=n_subsets)
@@ -466,4 +497,6 @@ def bon_file(
         bon_report(results, shown, out / "report.html", png)
     print(format_table(results))
     print(f"wrote {out / 'results.json'}, {out / 'samples.jsonl'}, {out / 'bon_curve.png'}")
+    cache.unlink(missing_ok=True)
+    orm_cache.unlink(missing_ok=True)
     return 0

@@ -355,8 +355,8 @@ def bon_eval(
     """Run the stages (`stages`: all, sample, score, evaluate — each also runs the ones before it when their
     output is incomplete); returns the results. `policy`/`prm`: specs or ready objects (tests)."""
     from .policy import ANSWER_FORMATS, load_policy
-    from .scoring import AGGREGATES
     from .schema import load_splitter
+    from .scoring import AGGREGATES
 
     if n < 1:
         raise InputError("--n must be >= 1", field="n")

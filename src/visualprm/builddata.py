@@ -205,6 +205,8 @@ def build_data_file(
     dedup: bool = False,
 ) -> dict:
     """`visualprm build-data`: read annotated solutions, write training conversations (atomically), print a summary."""
+    if not 0.0 <= threshold < 1.0:  # mc lies in [0, 1]: at 1 or above every label would be '-'
+        raise InputError(f"--threshold must be in [0, 1), got {threshold:g}", field="threshold")
     items = list(read_jsonl(annotated_path))
     if not items:
         raise InputError("no records", annotated_path)

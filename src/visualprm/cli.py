@@ -12,6 +12,7 @@ import os
 import sys
 import time
 
+from . import options as opt
 from .boneval import add_bon_eval_command
 from .cli_common import POLICY_HELP, add_config_options, use_defaults_help
 from .cli_common import positive_int as _positive_int
@@ -22,6 +23,9 @@ from .remote_prm import add_engine_options, engine_options, system_prompt_arg
 from .schema import InputError
 
 AGGREGATES = ("mean", "min", "max", "last", "prod")
+TORCH_THREADS_HELP = (
+    "CPU threads for torch (default on CPU: one per core, at most 4; torch's own on CUDA or if $OMP_NUM_THREADS)"
+)
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -33,7 +37,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=8, help="solutions per forward pass")
     p.add_argument(
         "--max-length",
-        type=int,
+        type=opt.POSITIVE_INT,
         default=None,
         help="fail on sequences longer than this many tokens (default: no limit)",
     )
@@ -49,6 +53,20 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="value: P(+); advantage: P(+) - P(-); auto: what the checkpoint records (else value)",
     )
+    p.add_argument("--torch-threads", type=_positive_int, default=None, help=TORCH_THREADS_HELP)
+
+
+def _local(prm: str | None) -> bool:
+    """Whether a --prm spec is a model this process loads (not a server)."""
+    return bool(prm) and not prm.startswith(("http://", "https://", "openai:"))
+
+
+def _threads(a: argparse.Namespace, local_model: bool = True) -> None:
+    """Apply --torch-threads before a model loads (only where this command runs a model on this machine)."""
+    if local_model:
+        from .jobs import set_torch_threads
+
+        set_torch_threads(getattr(a, "torch_threads", None), getattr(a, "device", None))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -56,7 +74,6 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_score(a: argparse.Namespace) -> int:
-    from .openai_client import ServerUnavailable
     from .scoring import score_file
 
     if a.ray is not None:  # the same job on a Ray cluster (ray_jobs.py)
@@ -66,32 +83,28 @@ def _cmd_score(a: argparse.Namespace) -> int:
 
         score_file = partial(score_ray, address=a.ray, num_gpus_per_scorer=a.num_gpus_per_scorer)
 
-    try:
-        return score_file(
-            prm=a.prm,
-            input_path=a.input,
-            out_path=a.out,
-            aggregate=a.aggregate,
-            batch_size=a.batch_size,
-            image_root=a.image_root,
-            system_prompt=system_prompt_arg(a),
-            device=a.device,
-            dtype=a.dtype,
-            max_steps=a.max_steps,
-            max_length=a.max_length,
-            label_mode=a.label_mode,
-            splitter=a.splitter,
-            api_key=a.api_key,
-            engine_options=engine_options(a),
-        )
-    except ServerUnavailable as e:
-        print(f"visualprm score: error: {e}", file=sys.stderr)
-        return 1
+    _threads(a, local_model=_local(a.prm))
+    return score_file(
+        prm=a.prm,
+        input_path=a.input,
+        out_path=a.out,
+        aggregate=a.aggregate,
+        batch_size=a.batch_size,
+        image_root=a.image_root,
+        system_prompt=system_prompt_arg(a),
+        device=a.device,
+        dtype=a.dtype,
+        max_steps=a.max_steps,
+        max_length=a.max_length,
+        label_mode=a.label_mode,
+        splitter=a.splitter,
+        api_key=a.api_key,
+        engine_options=engine_options(a),
+    )
 
 
 def _cmd_bon(a: argparse.Namespace) -> int:
     from .bon import bon_file
-    from .openai_client import ServerUnavailable
 
     if a.ray is not None:  # the same job on a Ray cluster (ray_jobs.py)
         from functools import partial
@@ -100,11 +113,8 @@ def _cmd_bon(a: argparse.Namespace) -> int:
 
         bon_file = partial(bon_ray, address=a.ray, num_gpus_per_scorer=a.num_gpus_per_scorer)
 
-    try:
-        return _bon(a, bon_file)
-    except ServerUnavailable as e:
-        print(f"visualprm bon: error: {e}", file=sys.stderr)
-        return 1
+    _threads(a, local_model=_local(a.prm))
+    return _bon(a, bon_file)
 
 
 def _bon(a: argparse.Namespace, bon_file) -> int:
@@ -139,38 +149,34 @@ def _bon(a: argparse.Namespace, bon_file) -> int:
 
 def _cmd_bench(a: argparse.Namespace) -> int:
     from .bench import run_bench
-    from .openai_client import ServerUnavailable
 
-    try:
-        return run_bench(
-            benches=a.bench,
-            out_dir=a.out,
-            prm=a.prm,
-            scores=a.scores,
-            judge=a.judge,
-            threshold=a.threshold,
-            fmt=a.format,
-            subset=a.subset,
-            limit=a.limit,
-            sample=a.sample,
-            bootstrap=a.bootstrap,
-            image_root=a.image_root,
-            no_image=a.no_image,
-            seed=a.seed,
-            heldout=a.heldout,
-            device=a.device,
-            dtype=a.dtype,
-            system_prompt=system_prompt_arg(a),
-            batch_size=a.batch_size,
-            max_length=a.max_length,
-            label_mode=a.label_mode,
-            concurrency=a.concurrency,
-            api_key=a.api_key,
-            engine_options=engine_options(a),
-        )
-    except ServerUnavailable as e:
-        print(f"visualprm bench: error: {e}", file=sys.stderr)
-        return 1
+    _threads(a, local_model=_local(a.prm))
+    return run_bench(
+        benches=a.bench,
+        out_dir=a.out,
+        prm=a.prm,
+        scores=a.scores,
+        judge=a.judge,
+        threshold=a.threshold,
+        fmt=a.format,
+        subset=a.subset,
+        limit=a.limit,
+        sample=a.sample,
+        bootstrap=a.bootstrap,
+        image_root=a.image_root,
+        no_image=a.no_image,
+        seed=a.seed,
+        heldout=a.heldout,
+        device=a.device,
+        dtype=a.dtype,
+        system_prompt=system_prompt_arg(a),
+        batch_size=a.batch_size,
+        max_length=a.max_length,
+        label_mode=a.label_mode,
+        concurrency=a.concurrency,
+        api_key=a.api_key,
+        engine_options=engine_options(a),
+    )
 
 
 def _cmd_make_tiny_model(a: argparse.Namespace) -> int:
@@ -185,6 +191,7 @@ def _cmd_make_tiny_model(a: argparse.Namespace) -> int:
 def _cmd_serve(a: argparse.Namespace) -> int:
     from .server import serve
 
+    _threads(a, local_model=_local(a.prm))
     return serve(
         prm=a.prm,
         host=a.host,
@@ -195,7 +202,6 @@ def _cmd_serve(a: argparse.Namespace) -> int:
         engine_options=engine_options(a),
         label_mode=a.label_mode,
         log_level=a.log_level,
-        torch_threads=a.torch_threads,
         api_key=a.api_key or os.environ.get("VISUALPRM_API_KEY") or None,
         image_root=a.image_root,
         allow_remote_images=a.allow_remote_images,
@@ -222,7 +228,6 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
 
 def _cmd_search(a: argparse.Namespace) -> int:
-    from .policy import ServerUnavailable
     from .search import SearchConfig, search_file, unescape
 
     cfg = SearchConfig(
@@ -253,27 +258,24 @@ def _cmd_search(a: argparse.Namespace) -> int:
     prm_key = a.api_key or (os.environ.get("VISUALPRM_API_KEY") if a.prm.startswith("http") else None) or None
     policy_options = {"retries": a.retries, "timeout": a.timeout, "device": a.device, "dtype": a.dtype}
     policy_options["batch_size"] = a.policy_batch_size
-    try:
-        search_file(
-            policy=a.policy,
-            prm=a.prm,
-            problems=a.problems,
-            out_dir=a.out,
-            methods=a.method,
-            config=cfg,
-            limit=a.limit,
-            concurrency=a.concurrency,
-            checker=a.checker,
-            splitter=a.splitter,
-            tokens=a.tokens,
-            image_root=a.image_root,
-            scorer_options=scorer_options,
-            policy_options=policy_options,
-            api_key=prm_key,
-        )
-    except ServerUnavailable as e:
-        print(f"visualprm search: error: {e}", file=sys.stderr)
-        return 1
+    _threads(a, local_model=_local(a.prm) or a.policy.startswith("hf:"))
+    search_file(
+        policy=a.policy,
+        prm=a.prm,
+        problems=a.problems,
+        out_dir=a.out,
+        methods=a.method,
+        config=cfg,
+        limit=a.limit,
+        concurrency=a.concurrency,
+        checker=a.checker,
+        splitter=a.splitter,
+        tokens=a.tokens,
+        image_root=a.image_root,
+        scorer_options=scorer_options,
+        policy_options=policy_options,
+        api_key=prm_key,
+    )
     return 0
 
 
@@ -324,7 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output JSONL (written atomically)")
     p.add_argument("--aggregate", choices=AGGREGATES, default="mean", help="step scores -> one score")
     p.add_argument("--image-root", default=None, help="folder for relative image paths (default: the input's)")
-    p.add_argument("--max-steps", type=int, default=12, help="when splitting a response: at most this many steps")
+    p.add_argument(
+        "--max-steps", type=opt.POSITIVE_INT, default=12, help="when splitting a response: at most this many steps"
+    )
     p.add_argument(
         "--splitter",
         default=None,
@@ -349,14 +353,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--aggregate", choices=AGGREGATES, default="mean", help="aggregate used for the pick")
     p.add_argument("--image-root", default=None, help="folder for relative image paths (default: the input's)")
-    p.add_argument("--max-steps", type=int, default=12, help="at most this many steps per response")
+    p.add_argument("--max-steps", type=opt.POSITIVE_INT, default=12, help="at most this many steps per response")
     p.add_argument(
         "--splitter",
         default=None,
         help="custom step splitter: blank|markers|re:PATTERN|module:function (default: blank)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed for random subsets and the random pick")
-    p.add_argument("--limit", type=int, default=None, help="only the first N problems")
+    p.add_argument("--limit", type=opt.POSITIVE_INT, default=None, help="only the first N problems")
     p.add_argument("--subsets", type=_positive_int, default=32, help="random subsets per N on the curves")
     p.add_argument(
         "--checker",
@@ -393,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="architecture",
     )
     p.add_argument("--seed", type=int, default=0, help="weight seed")
-    p.add_argument("--image-size", type=int, default=56, help="input image side in pixels")
+    p.add_argument("--image-size", type=opt.POSITIVE_INT, default=56, help="input image side in pixels")
     p.set_defaults(func=_cmd_make_tiny_model)
 
     add_data_commands(sub)
@@ -407,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--prm", required=True, help="PRM folder (model + processor), or openai:MODEL@URL[,URL2..]")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port")
+    p.add_argument("--port", type=opt.port, default=8000, help="port")
     p.add_argument(
         "--max-tiles",
         type=_positive_int,
@@ -418,16 +422,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-root", default=None, help="folder that requests' image_paths are read from (else refused)")
     p.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs (public hosts only)")
     p.add_argument("--max-batch-size", type=_positive_int, default=16, help="solutions per forward pass")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="wait for more requests to fill a batch")
+    p.add_argument("--max-wait-ms", type=opt.NONNEG, default=5.0, help="wait for more requests to fill a batch")
     p.add_argument(
         "--share-prefix",
         action="store_true",
         help="score a request's solutions as one prefix-shared group (faster; equal to ~1e-7, not bit for bit)",
     )
     p.add_argument("--max-queue", type=_positive_int, default=4096, help="waiting solutions before 503")
-    p.add_argument("--max-body-mb", type=float, default=20.0, help="request body limit in MiB")
-    p.add_argument("--max-images", type=int, default=8, help="images per request")
-    p.add_argument("--max-image-mb", type=float, default=10.0, help="one encoded image, in MiB")
+    p.add_argument("--max-body-mb", type=opt.POSITIVE, default=20.0, help="request body limit in MiB")
+    p.add_argument("--max-images", type=opt.NONNEG_INT, default=8, help="images per request")
+    p.add_argument("--max-image-mb", type=opt.POSITIVE, default=10.0, help="one encoded image, in MiB")
     p.add_argument("--max-image-pixels", type=_positive_int, default=4096 * 4096, help="width*height (4096^2)")
     p.add_argument("--max-solutions", type=_positive_int, default=64, help="solutions per request")
     p.add_argument("--max-steps", type=_positive_int, default=64, help="steps per solution")
@@ -437,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bf16 on CUDA, else fp32)")
     p.add_argument("--no-system-prompt", action="store_true", help="leave out the VisualPRM system prompt")
     p.add_argument("--label-mode", choices=("auto", "value", "advantage"), default="auto", help="as in `score`")
-    p.add_argument("--torch-threads", type=_positive_int, default=None, help="CPU threads for torch (torch's default)")
+    p.add_argument("--torch-threads", type=_positive_int, default=None, help=TORCH_THREADS_HELP)
     p.add_argument(
         "--log-level",
         default="info",
@@ -463,10 +467,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threshold", default="0.5", help="step score >= threshold = correct; 'auto': tuned on a held-out part"
     )
-    p.add_argument("--heldout", type=float, default=0.5, help="with --threshold auto: fraction held out")
+    p.add_argument(
+        "--heldout",
+        type=opt.number_in(0, 1, lo_open=True, hi_open=True),
+        default=0.5,
+        help="with --threshold auto: fraction held out",
+    )
     p.add_argument("--format", choices=("visualprocessbench", "processbench"), default=None, help="default: detect")
     p.add_argument("--subset", default=None, help="ProcessBench subset name (default: the file name)")
-    p.add_argument("--limit", type=_positive_int, default=None, help="only the first N records of each file")
+    p.add_argument("--limit", type=opt.POSITIVE_INT, default=None, help="only the first N records of each file")
     p.add_argument(
         "--sample",
         type=_positive_int,
@@ -474,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a seeded sample of N records in all, stratified: every file/subset, source and class (erroneous and "
         "correct) in it, the rest in proportion (--seed)",
     )
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CIs (0: none)")
+    p.add_argument("--bootstrap", type=opt.NONNEG_INT, default=1000, help="bootstrap resamples for 95%% CIs (0: none)")
     p.add_argument("--seed", type=int, default=0, help="seed for the bootstrap, the held-out split and --sample")
     p.add_argument("--image-root", default=None, help="folder for relative image paths (default: the file's)")
     p.add_argument("--no-image", action="store_true", help="score without the images (text-only PRM or judge)")
@@ -515,21 +524,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=_positive_int, default=4, help="beams kept; bon: solutions per round")
     p.add_argument("--expand", type=_positive_int, default=4, help="next steps per beam; bon: N = width x expand")
     p.add_argument("--budget", type=_positive_int, default=None, help="generated tokens per problem (no cap)")
-    p.add_argument("--lookahead", type=int, default=2, help="lookahead: steps rolled out per candidate")
+    p.add_argument("--lookahead", type=opt.NONNEG_INT, default=2, help="lookahead: steps rolled out per candidate")
     p.add_argument("--select", choices=AGGREGATES, default="last", help="rank partial solutions by")
     p.add_argument("--aggregate", choices=AGGREGATES, default="mean", help="pick the answer by")
     p.add_argument("--step-sep", default="\\n\\n", help="step delimiter: generation stops at it")
     p.add_argument("--max-steps", type=_positive_int, default=12, help="steps per solution at most")
-    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
-    p.add_argument("--top-p", type=float, default=0.95, help="top-p, 0 = off")
-    p.add_argument("--top-k", type=int, default=0, help="top-k, 0 = off")
-    p.add_argument("--lookahead-temperature", type=float, default=0.0, help="rollouts' temperature (0: greedy)")
+    p.add_argument("--temperature", type=opt.NONNEG, default=0.7, help="sampling temperature")
+    p.add_argument("--top-p", type=opt.PROBABILITY, default=0.95, help="top-p, 0 = off")
+    p.add_argument("--top-k", type=opt.NONNEG_INT, default=0, help="top-k, 0 = off")
+    p.add_argument("--lookahead-temperature", type=opt.NONNEG, default=0.0, help="rollouts' temperature (0: greedy)")
     p.add_argument("--max-tokens", type=_positive_int, default=4096, help="new tokens per full solution")
     p.add_argument("--max-step-tokens", type=_positive_int, default=1024, help="new tokens per step")
     p.add_argument("--no-dedupe", action="store_true", help="keep identical candidate prefixes as separate beams")
     p.add_argument("--tokens", choices=("words", "prm"), default="words", help="count tokens as words or PRM tokens")
     p.add_argument("--seed", type=int, default=0, help="run seed")
-    p.add_argument("--limit", type=int, default=None, help="only the first N problems")
+    p.add_argument("--limit", type=opt.POSITIVE_INT, default=None, help="only the first N problems")
     p.add_argument("--concurrency", type=_positive_int, default=16, help="problems searched at once")
     p.add_argument(
         "--prompt", choices=("final-answer", "boxed"), default="final-answer", help="answer format asked for"
@@ -542,8 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--api-key", default=None, help="the PRM server's key (default $VISUALPRM_API_KEY, openai: $OPENAI_API_KEY)"
     )
-    p.add_argument("--retries", type=int, default=6, help="openai: retries per request")
-    p.add_argument("--timeout", type=float, default=600.0, help="openai: seconds per request")
+    p.add_argument("--retries", type=opt.NONNEG_INT, default=6, help="openai: retries per request")
+    p.add_argument("--timeout", type=opt.POSITIVE, default=600.0, help="openai: seconds per request")
     p.add_argument("--policy-batch-size", type=_positive_int, default=8, help="hf policy: sequences per call")
     _add_model_options(p)
     add_engine_options(p, api_key=False)
@@ -559,20 +568,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("out", help="output folder (the shipped one is src/visualprm/assets/base-model)")
     p.add_argument("--seed", type=int, default=0, help="seed for the weights and the data")
-    p.add_argument("--steps", type=int, default=3000, help="steps of the first phase, seeing")
+    p.add_argument("--steps", type=opt.NONNEG_INT, default=3000, help="steps of the first phase, seeing")
     p.add_argument("--batch-size", type=_positive_int, default=32, help="sequences per step")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the first phase")
+    p.add_argument("--lr", type=opt.POSITIVE, default=2e-3, help="peak learning rate of the first phase")
     p.add_argument(
-        "--check-steps", type=int, default=1200, help="steps of the second phase, checking claims (0: none)"
+        "--check-steps", type=opt.NONNEG_INT, default=1200, help="steps of the second phase, checking claims (0: none)"
     )
     p.add_argument(
         "--init", default=None, help="start from this base model, not random weights (with --steps 0: phase 2 only)"
     )
-    p.add_argument("--check-lr", type=float, default=1e-3, help="peak learning rate of the second phase")
+    p.add_argument("--check-lr", type=opt.POSITIVE, default=1e-3, help="peak learning rate of the second phase")
     p.add_argument(
-        "--checkpoint-every", type=int, default=0, help="also save OUT.partial every this many steps (0: never)"
+        "--checkpoint-every",
+        type=opt.NONNEG_INT,
+        default=0,
+        help="also save OUT.partial every this many steps (0: never)",
     )
-    p.add_argument("--minutes", type=float, default=None, help="stop early after this many minutes (not reproducible)")
+    p.add_argument(
+        "--minutes", type=opt.POSITIVE, default=None, help="stop early after this many minutes (not reproducible)"
+    )
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.set_defaults(func=_cmd_make_base_model)
 
@@ -590,26 +604,69 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     # Further commands are added below by their issues; keep one block per command.
+    for p in sub.choices.values():  # every command: no progress bars with --quiet
+        p.add_argument("--quiet", action="store_true", help="no progress bars (they are off anyway off a terminal)")
     use_defaults_help(parser)  # every option of every command shows its default in --help
     return parser
+
+
+# What each writing command writes: (argument, "file" | "dir"), checked by main before any work.
+OUTPUTS = {
+    "score": ("out", "file"),
+    "grade": ("out", "file"),
+    "annotate": ("out", "file"),
+    "build-data": ("out", "file"),
+    "bon": ("out", "dir"),
+    "bench": ("out", "dir"),
+    "search": ("out", "dir"),
+    "train": ("out", "dir"),
+    "demo": ("out", "dir"),
+    "make-synthetic": ("out_dir", "dir"),
+    "make-tiny-model": ("out", "dir"),
+    "make-base-model": ("out", "dir"),
+    "bon-eval": ("out", "dir"),
+}
+RESUMING = ("annotate", "score", "bon", "bon-eval")  # a re-run keeps their finished work
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # Hugging Face's save/load bars; ours say more
+    from .jobs import prefer_passive_wait
+
+    prefer_passive_wait()  # before torch loads: OpenMP threads sleep instead of spinning (jobs.py, measured)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from .jobs import set_quiet
+    from .schema import check_output
+
+    set_quiet(getattr(args, "quiet", False))
     try:
+        name, kind = OUTPUTS.get(args.command, (None, None))
+        if name and getattr(args, name, None):
+            check_output(getattr(args, name), kind, "--out" if name == "out" and kind == "file" else "output")
         return int(args.func(args) or 0)
     except InputError as e:
         print(f"visualprm {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"visualprm {args.command}: interrupted", file=sys.stderr)
+        hint = "; finished work is saved: re-run to resume" if args.command in RESUMING else ""
+        print(f"visualprm {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
+    except Exception as e:  # a server this command talks to: one line, never a traceback
+        from .jobs import service_failure
+
+        failed = service_failure(e)
+        if failed is None:
+            raise
+        line, code = failed
+        if args.command in RESUMING and code == 1:
+            line += "; finished work is saved: re-run to resume"
+        print(f"visualprm {args.command}: error: {line}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -79,7 +79,8 @@ def config_option(f: dataclasses.Field) -> str:
 
 def add_config_options(p: argparse.ArgumentParser, config_cls: Any) -> None:
     """One option per field of the dataclass `config_cls`: name `--field-name`, type from the field's default
-    (bool fields: `--x` / `--no-x`), help, `choices` and `min` from the field's metadata. Every option defaults
+    (bool fields: `--x` / `--no-x`), help, `choices` and `min` (or a whole argparse `type`, e.g. from options.py)
+    from the field's metadata; floats are finite. Every option defaults
     to None, so only what was given overrides a config file; the help shows the field's default."""
     for f in dataclasses.fields(config_cls):
         meta, default = f.metadata, f.default
@@ -91,7 +92,7 @@ def add_config_options(p: argparse.ArgumentParser, config_cls: Any) -> None:
         if isinstance(default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs["type"] = _typed(type(default), meta.get("min"))
+            kwargs["type"] = meta.get("type") or _typed(type(default), meta.get("min"))
             if "choices" in meta:
                 kwargs["choices"] = tuple(meta["choices"])
         p.add_argument(config_option(f), **kwargs)
@@ -99,6 +100,10 @@ def add_config_options(p: argparse.ArgumentParser, config_cls: Any) -> None:
 
 def _typed(kind: type, lo: float | None):
     if lo is None:
+        if kind is float:
+            from .options import number_in
+
+            return number_in()  # any finite number
         return kind
 
     def check(s: str):

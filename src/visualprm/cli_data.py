@@ -7,9 +7,9 @@ the job; `add_data_commands` adds the parsers to the `visualprm` command (cli.py
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
+from . import options as opt
 from .cli_common import POLICY_HELP
 from .cli_common import positive_int as _positive_int
 
@@ -40,43 +40,42 @@ def _cmd_grade(a: argparse.Namespace) -> int:
 
 def _cmd_annotate(a: argparse.Namespace) -> int:
     from .montecarlo import annotate_file
-    from .policy import ServerUnavailable
 
     opts = {"retries": a.retries, "timeout": a.timeout, "device": a.device, "dtype": a.dtype}
     opts["batch_size"] = a.batch_size
+    if a.policy.startswith("hf:"):
+        from .jobs import set_torch_threads
+
+        set_torch_threads(a.torch_threads, a.device)
     if a.ray is not None:  # the same job on a Ray cluster (ray_jobs.py)
         from functools import partial
 
         from .ray_jobs import annotate_ray
 
         annotate_file = partial(annotate_ray, address=a.ray, num_gpus_per_engine=a.num_gpus_per_engine)
-    try:
-        annotate_file(
-            problems=a.problems,
-            policy=a.policy,
-            out=a.out,
-            solutions=a.solutions,
-            rollouts=a.rollouts,
-            max_steps=a.max_steps,
-            strategy=a.strategy,
-            temperature=a.temperature,
-            top_k=a.top_k or None,
-            top_p=a.top_p,
-            max_tokens=a.max_tokens,
-            concurrency=a.concurrency,
-            shard=a.shard,
-            seed=a.seed,
-            prompt=a.prompt,
-            checker=a.checker,
-            splitter=a.splitter,
-            image_root=a.image_root,
-            policy_options=opts,
-            first_round=a.first_round,
-            threshold=a.threshold,
-        )
-    except ServerUnavailable as e:
-        print(f"visualprm annotate: error: {e}; finished problems are saved: re-run to resume", file=sys.stderr)
-        return 1
+    annotate_file(
+        problems=a.problems,
+        policy=a.policy,
+        out=a.out,
+        solutions=a.solutions,
+        rollouts=a.rollouts,
+        max_steps=a.max_steps,
+        strategy=a.strategy,
+        temperature=a.temperature,
+        top_k=a.top_k or None,
+        top_p=a.top_p,
+        max_tokens=a.max_tokens,
+        concurrency=a.concurrency,
+        shard=a.shard,
+        seed=a.seed,
+        prompt=a.prompt,
+        checker=a.checker,
+        splitter=a.splitter,
+        image_root=a.image_root,
+        policy_options=opts,
+        first_round=a.first_round,
+        threshold=a.threshold,
+    )
     return 0
 
 
@@ -161,7 +160,7 @@ def add_data_commands(sub) -> None:
     )
     p.add_argument(
         "--threshold",
-        type=float,
+        type=opt.number_in(0, 1, hi_open=True),
         default=0.0,
         help="adaptive: the value-label threshold (+ iff mc > it) to decide; recorded, use it in build-data",
     )
@@ -173,9 +172,9 @@ def add_data_commands(sub) -> None:
         "fewer requests and rounds, more rollouts. Same N, same continuations in every strategy "
         "(default: 1 for adaptive, K otherwise)",
     )
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-    p.add_argument("--top-k", type=int, default=50, help="top-k sampling, 0 = off (hosted APIs need 0)")
-    p.add_argument("--top-p", type=float, default=None, help="top-p sampling (off)")
+    p.add_argument("--temperature", type=opt.NONNEG, default=1.0, help="sampling temperature")
+    p.add_argument("--top-k", type=opt.NONNEG_INT, default=50, help="top-k sampling, 0 = off (hosted APIs need 0)")
+    p.add_argument("--top-p", type=opt.number_in(0, 1, lo_open=True), default=None, help="top-p sampling (off)")
     p.add_argument("--max-tokens", type=_positive_int, default=4096, help="new tokens per generation")
     p.add_argument(
         "--concurrency", type=_positive_int, default=8, help="problems at once; openai: HTTP requests in flight"
@@ -190,11 +189,12 @@ def add_data_commands(sub) -> None:
         "--splitter", default=None, help="step splitter: blank|markers|re:PATTERN|module:function (default: blank)"
     )
     p.add_argument("--image-root", default=None, help="folder for relative image paths (default: the input's)")
-    p.add_argument("--retries", type=int, default=6, help="openai: retries per request on 429/5xx/timeouts")
-    p.add_argument("--timeout", type=float, default=600.0, help="openai: seconds per request")
+    p.add_argument("--retries", type=opt.NONNEG_INT, default=6, help="openai: retries per request on 429/5xx/timeouts")
+    p.add_argument("--timeout", type=opt.POSITIVE, default=600.0, help="openai: seconds per request")
     p.add_argument("--device", default=None, help="hf: torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", default=None, help="hf: float32, bfloat16 or float16 (default: bf16 on CUDA, else fp32)")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="hf: sequences per generate call")
+    p.add_argument("--torch-threads", type=_positive_int, default=None, help="hf: CPU threads for torch (as in score)")
     from .ray_jobs import add_ray_options
 
     add_ray_options(p, "engine")
@@ -210,7 +210,12 @@ def add_data_commands(sub) -> None:
     p.add_argument("--annotated", required=True, help="annotated JSONL (annotate's output or VisualPRM400K-Raw)")
     p.add_argument("--out", required=True, help="output JSONL (written atomically)")
     p.add_argument("--labels", choices=("value", "advantage", "soft"), default="value", help="label kind")
-    p.add_argument("--threshold", type=float, default=0.0, help="value/soft: + iff mc > threshold")
+    p.add_argument(
+        "--threshold",
+        type=opt.number_in(0, 1, hi_open=True),
+        default=0.0,
+        help="value/soft: + iff mc > threshold",
+    )
     p.add_argument("--orm", action="store_true", help="ORM data: all steps in one turn, the last step's mc")
     p.add_argument("--no-system-prompt", action="store_true", help="leave out the VisualPRM system turn")
     p.add_argument("--image-root", default=None, help="folder for relative image paths (default: the input's)")

@@ -490,8 +490,7 @@ def annotate_file(
 
 
 def _run(policy, todo, out_path, run, check, split, concurrency, progress) -> dict:
-    from tqdm import tqdm
-
+    from .jobs import bar as progress_bar
     from .policy import policy_prompt
     from .sequential import token_counter
 
@@ -500,7 +499,7 @@ def _run(policy, todo, out_path, run, check, split, concurrency, progress) -> di
     count_tokens = token_counter(policy)
     stats = Counter()
     t0 = time.time()
-    bar = tqdm(total=len(todo), desc="annotate", unit="problem", file=sys.stderr, disable=not progress or None)
+    bar = progress_bar(len(todo), "annotate", "problem", enabled=progress)
 
     def make_job(p: dict):
         return annotate_problem(

@@ -59,14 +59,18 @@ def _headers(api_key: str | None) -> dict:
 
 
 def probe(url: str, model: str | None = None, api_key: str | None = None, timeout: float = 10.0) -> list[str]:
-    """GET `/v1/models`; the served model ids. Unreachable server or unknown model -> one-line `InputError`."""
+    """GET `/v1/models`; the served model ids. Unknown model or refused key -> one-line `InputError`; no answer
+    -> `ServerUnavailable`."""
     import httpx
 
     base = api_base(url)
     try:
         r = httpx.get(base + "/models", headers=_headers(api_key), timeout=timeout)
     except httpx.HTTPError as e:
-        raise InputError(f"cannot reach the OpenAI-compatible server at {base} ({type(e).__name__}: {e})") from None
+        # a server that is down: exit 1 (cli.main), as when it goes down midway; a refused key below is exit 2
+        raise ServerUnavailable(
+            f"cannot reach the OpenAI-compatible server at {base} ({type(e).__name__}: {e})"
+        ) from None
     if r.status_code in (401, 403):
         raise InputError(f"the server at {base} refused the API key (HTTP {r.status_code}); set OPENAI_API_KEY")
     if r.status_code != 200:

@@ -439,7 +439,7 @@ class ScoreWorker:
                 if self.job == "score":
                     from .scoring import score_records
 
-                    res = (True, [s for _, s in score_records(self.scorer, part, progress=False)])
+                    res = (True, [s for c in score_records(self.scorer, part, progress=False) for _, s in c])
                 else:
                     from .bon import _score_all
 

@@ -226,20 +226,9 @@ def page(title: str, body: list[str]) -> str:
 
 
 def _atomic(path: str | Path, text: str) -> None:
-    import os
-    import tempfile
+    from .schema import write_text
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_text(path, text)
 
 
 # ---------------------------------------------------------------------------------------------------------------

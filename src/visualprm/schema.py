@@ -14,9 +14,11 @@ This module does not load models or images' pixels beyond checking that an image
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -108,39 +110,107 @@ def dumps(rec: Any) -> str:
     return json.dumps(rec, ensure_ascii=False)
 
 
-def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
-    """Write records atomically (temporary file in the same folder, then rename). Returns the count."""
+def new_file_mode() -> int:
+    """The mode `open(path, "w")` gives a new file under the current umask (0o644 under umask 022)."""
+    mask = None
+    try:  # Linux: read the umask without changing it (os.umask would, for a moment, for every thread)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                mask = int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    if mask is None:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
+def share_modes(folder: str | os.PathLike) -> None:
+    """Give every file under `folder` the mode a plain `open` would (safetensors writes its files 0600)."""
+    mode = new_file_mode()
+    for root, _, files in os.walk(folder):
+        for name in files:
+            q = os.path.join(root, name)
+            if not os.path.islink(q) and os.path.isfile(q):
+                os.chmod(q, mode)
+
+
+def check_output(path: str | os.PathLike, kind: str = "file", what: str = "--out") -> None:
+    """Refuse, before any work, an output path that cannot be written: raises `InputError` naming it.
+
+    `kind` "file": an existing directory, or anything that is not a regular file (a device such as /dev/full,
+    a fifo, a socket), is refused; "dir": an existing non-directory is refused. Missing parent folders are
+    created later by the writer; refused here are a parent that is a file and one that cannot be written.
+    """
     p = Path(path)
+    if kind not in ("file", "dir"):
+        raise ValueError(f"kind must be 'file' or 'dir', got {kind!r}")
+    if p.exists() or p.is_symlink():
+        if kind == "dir" and not p.is_dir():
+            raise InputError(f"{what}: not a directory", p)
+        if kind == "file":
+            if p.is_dir():
+                raise InputError(f"{what}: is a directory, expected a file", p)
+            if not p.is_file():
+                raise InputError(f"{what}: not a regular file (a device, fifo or socket); refusing to replace it", p)
+            if not os.access(p, os.W_OK):
+                raise InputError(f"{what}: permission denied", p)
+    folder = p if (kind == "dir" and p.is_dir()) else p.parent
+    ancestor = folder.absolute()
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(f"{what}: parent {ancestor} is not a directory", p)
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InputError(f"{what}: cannot write in {ancestor} (permission denied)", p)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w"):
+    """Open a temporary file beside `path` for writing; on success it replaces `path` (one rename).
+
+    The file gets the mode a plain `open(path, "w")` would give it (an existing file's own mode, else the umask's),
+    not mkstemp's 0600. A `path` that exists and is not a regular file is never replaced (`InputError`); a
+    symbolic link is followed, as `open` would. On any failure the temporary file is removed, `path` untouched.
+    """
+    p = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
+    if p.exists() and not p.is_file():
+        raise InputError("not a regular file; refusing to replace it", path)
     p.parent.mkdir(parents=True, exist_ok=True)
+    file_mode = stat.S_IMODE(p.stat().st_mode) if p.exists() else new_file_mode()
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    n = 0
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(dumps(rec) + "\n")
-                n += 1
+        os.fchmod(fd, file_mode)
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
+            yield f
         os.replace(tmp, p)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
+    """Write records atomically (temporary file in the same folder, then rename). Returns the count."""
+    n = 0
+    with atomic_open(path) as f:
+        for rec in records:
+            f.write(dumps(rec) + "\n")
+            n += 1
     return n
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write one JSON document atomically, indented for people."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False, indent=2)
-            f.write("\n")
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path) as f:
+        json.dump(obj, f, ensure_ascii=False, indent=2)
+        f.write("\n")
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file (a report) atomically."""
+    with atomic_open(path) as f:
+        f.write(text)
 
 
 def append_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:

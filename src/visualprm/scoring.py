@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from .jobs import append_rows, input_stamp, resume_rows
 from .model import (
     ADVANTAGE_LABELS,
     SENTINEL,
@@ -304,34 +305,31 @@ def item_from(sol: dict, loc: Loc) -> dict:
     }
 
 
-def score_records(scorer: Scorer, records: list[tuple[Loc, dict]], progress: bool = True):
-    """Yield `(record, step_scores)` in input order, scoring in chunks of a few batches."""
-    from tqdm import tqdm
+def score_records(scorer: Scorer, records: list[tuple[Loc, dict]], progress: bool = True, done: int = 0):
+    """Yield one chunk of `(record, step_scores)` pairs at a time, in input order (a few batches per chunk).
+
+    `done`: records already scored by an earlier run (skipped; a multiple of the chunk size when they came from
+    chunks, so the remaining records fall into the same batches, and the same scores, as in one run)."""
+    from .jobs import bar as progress_bar
 
     chunk = max(1, scorer.batch_size) * 4
-    with tqdm(total=len(records), desc="scoring", unit="sol", disable=not progress, file=sys.stderr) as bar:
-        yield from _score_chunks(scorer, records, chunk, bar)  # the bar ends its line before an error shows
-
-
-def _score_chunks(scorer, records, chunk, bar):
-    for start in range(0, len(records), chunk):
-        part = records[start : start + chunk]
-        if not hasattr(scorer, "score_encoded"):  # a scorer without a model here (remote_prm.OpenAIScorer)
-            for (_, sol), s in zip(part, scorer.score_steps([item_from(sol, loc) for loc, sol in part])):
-                yield sol, s
+    with progress_bar(len(records), "scoring", "sol", enabled=progress, initial=done) as bar:
+        for start in range(done, len(records), chunk):  # the bar ends its line before an error shows
+            part = records[start : start + chunk]
+            if not hasattr(scorer, "score_encoded"):  # a scorer without a model here (remote_prm.OpenAIScorer)
+                scores = scorer.score_steps([item_from(sol, loc) for loc, sol in part])
+            else:
+                encoded = []
+                for loc, sol in part:
+                    try:
+                        encoded.append(scorer.encode_item(item_from(sol, loc)))
+                    except InputError as e:
+                        if e.path is None:
+                            raise InputError(e.message, loc.path, loc.line, e.field) from None
+                        raise
+                scores = scorer.score_encoded(encoded)
+            yield [(sol, s) for (_, sol), s in zip(part, scores)]
             bar.update(len(part))
-            continue
-        encoded = []
-        for loc, sol in part:
-            try:
-                encoded.append(scorer.encode_item(item_from(sol, loc)))
-            except InputError as e:
-                if e.path is None:
-                    raise InputError(e.message, loc.path, loc.line, e.field) from None
-                raise
-        for (_, sol), s in zip(part, scorer.score_encoded(encoded)):
-            yield sol, s
-        bar.update(len(part))
 
 
 def score_file(
@@ -373,18 +371,45 @@ def score_file(
         max_length=max_length,
         **(engine_options or {}),
     )
-    out, n_steps = [], 0
-    for sol, s in score_records(scorer, records):
-        rec = {k: v for k, v in sol.items() if not k.startswith("_")}
-        rec["step_scores"] = [round(x, 6) for x in s]
-        rec["score"] = round(_aggregate(s, aggregate), 6)
-        rec["aggregate"] = aggregate
-        n_steps += len(s)
-        out.append(rec)
+    t_load = time.time() - t0
+    # Resume: finished chunks of a killed run with the same command are kept in OUT.partial.
+    header = {"input": input_stamp(input_path), "prm": str(prm), "aggregate": aggregate, "batch_size": batch_size}
+    header |= {"image_root": image_root, "system_prompt": system_prompt, "max_steps": max_steps, "splitter": splitter}
+    header |= {"max_length": max_length, "label_mode": label_mode, "chunk": max(1, scorer.batch_size) * 4}
+    header |= {"engine_options": engine_options}
+    partial = Path(str(out_path) + ".partial")
+    out = resume_rows(partial, header)
+    whole_chunks = len(out) % header["chunk"] == 0 or len(out) == len(records)  # same batches as in one run
+    if (
+        not whole_chunks
+        or len(out) > len(records)
+        or any(r.get("id") != sol.get("id") for r, (_, sol) in zip(out, records))
+    ):
+        out = resume_rows(partial, header, fresh=True)  # does not match the input: start over
+    n_resumed = len(out)
+    if n_resumed:
+        print(f"resume: kept {n_resumed} scored records of {partial}", file=sys.stderr)
+    t1 = time.time()
+    for part in score_records(scorer, records, done=n_resumed):
+        rows = []
+        for sol, s in part:
+            rec = {k: v for k, v in sol.items() if not k.startswith("_")}
+            rec["step_scores"] = [round(x, 6) for x in s]
+            rec["score"] = round(_aggregate(s, aggregate), 6)
+            rec["aggregate"] = aggregate
+            rows.append(rec)
+        append_rows(partial, rows)
+        out += rows
     write_jsonl(out_path, out)
-    dt = time.time() - t0
-    rate = len(out) / max(dt, 1e-9)
-    line = f"scored {len(out)} records, {n_steps} steps in {dt:.1f}s ({rate:.1f} records/s) -> {out_path}"
+    partial.unlink()
+    dt = time.time() - t1
+    n_new, n_steps = len(out) - n_resumed, sum(len(r["step_scores"]) for r in out[n_resumed:])
+    rate = n_new / max(dt, 1e-9)
+    resumed = f" ({n_resumed} resumed)" if n_resumed else ""
+    line = (
+        f"scored {n_new} records{resumed}, {n_steps} steps in {dt:.1f}s ({rate:.1f} records/s; model loaded in "
+        f"{t_load:.1f}s) -> {out_path}"
+    )
     if hasattr(scorer, "engine_counts"):
         from .remote_prm import counts_line
 

@@ -421,8 +421,9 @@ def summarize(samples: list[dict], failed: int, seconds: float) -> dict:
     return out
 
 
-def format_table(by_method: dict[str, dict]) -> str:
-    """Methods as rows: accuracy and oracle (percent), then the mean cost per problem."""
+def format_table(by_method: dict[str, dict], budget: int | None = None) -> str:
+    """Methods as rows: accuracy and oracle (percent), then the mean cost per problem; with a `budget`, a line
+    that sets it beside the tokens spent (a method may overshoot it by up to one round)."""
     head = f"{'method':10s}{'n':>6s}{'acc %':>8s}{'oracle %':>10s}{'tokens':>9s}{'requests':>10s}{'samples':>9s}"
     head += f"{'rounds':>8s}{'PRM sols':>10s}{'seconds':>9s}"
     lines = [head]
@@ -430,6 +431,12 @@ def format_table(by_method: dict[str, dict]) -> str:
         lines.append(
             f"{m:10s}{r['problems']:6d}{100 * r['accuracy']:8.1f}{100 * r['oracle']:10.1f}{r['tokens']:9.1f}"
             f"{r['requests']:10.1f}{r['samples']:9.1f}{r['rounds']:8.1f}{r['prm_solutions']:10.1f}{r['seconds']:9.1f}"
+        )
+    if budget:
+        spent = ", ".join(f"{m} {r['tokens']:.1f}" for m, r in by_method.items())
+        lines.append(
+            f"budget {budget} tokens per problem; mean spent: {spent} (no round starts past the budget, so a "
+            "method may overshoot it by up to one round)"
         )
     return "\n".join(lines)
 
@@ -460,10 +467,9 @@ def search_file(
     (see `scoring.load_prm`), or any object with `score_steps(items)`. `budgets`: a token
     budget per problem id that replaces `config.budget` for that problem (e.g. what Best-of-N spent on it).
     """
-    from tqdm import tqdm
-
     from . import __version__
     from .answers import load_checker
+    from .jobs import bar as progress_bar
     from .montecarlo import load_problems
     from .policy import ANSWER_FORMATS, load_policy, parse_policy_spec, policy_prompt
     from .schema import load_image, load_splitter, write_json, write_jsonl
@@ -529,7 +535,7 @@ def search_file(
             done: dict[str, dict] = {}
             failed = 0
             t0 = time.time()
-            bar = tqdm(total=len(todo), desc=f"search {method}", unit="problem", file=sys.stderr, disable=not progress)
+            bar = progress_bar(len(todo), f"search {method}", "problem", enabled=progress)
 
             def on_done(pid: str, result: dict, method=method, done=done, bar=bar) -> None:
                 done[pid] = _sample(by_id[pid], method, result, check, cfg.aggregate)
@@ -566,7 +572,7 @@ def search_file(
         results["prm_engine"] = scorer.engine_counts()
     write_jsonl(f"{out_dir}/samples.jsonl", samples)
     write_json(f"{out_dir}/results.json", results)
-    print(format_table(by_method))
+    print(format_table(by_method, None if budgets else cfg.budget))
     print(f"-> {out_dir}/results.json, {out_dir}/samples.jsonl")
     return results
 

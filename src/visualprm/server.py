@@ -606,6 +606,11 @@ def serve(
     kw |= {"batch_size": options.get("max_batch_size", ServeOptions.max_batch_size)}
     kw |= {"max_length": options.get("max_tokens"), "label_mode": label_mode}
     opts = make_options(**options)  # bad options fail before the model loads
+    from .jobs import port_problem
+
+    if (problem := port_problem(host, port)) is not None:  # a busy port, too, before the model loads
+        print(f"visualprm serve: error: {problem}", file=sys.stderr)
+        return 1
     t0 = time.time()
     scorer = load_prm(prm, **kw)
     app = build_app(scorer, **options)

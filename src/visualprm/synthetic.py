@@ -242,16 +242,16 @@ def make_problems(
     out_dir: str | Path, n: int = 200, seed: int = 1, image_size: int = 112, kinds: tuple[str, ...] = KINDS
 ) -> list[dict]:
     """Write `out_dir/images/*.png` and then `out_dir/problems.jsonl` (atomically, last); return the records."""
-    from tqdm import tqdm
+    from .jobs import bar as progress_bar
 
     if n < 1:
         raise InputError(f"--n must be >= 1, got {n}", field="n")
     if image_size < 28:
         raise InputError(f"--image-size must be >= 28 pixels, got {image_size}", field="image_size")
+    records = problem_records(n, seed, kinds)  # bad kinds fail here, before anything is created
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    records = problem_records(n, seed, kinds)
-    for rec in tqdm(records, desc="images", unit="img", disable=n < 500):
+    for rec in progress_bar(len(records), "images", "img", enabled=n >= 500, iterable=records):
         render_scene(rec["scene"], image_size).save(out / rec["images"][0])
     write_jsonl(out / "problems.jsonl", records)
     return records

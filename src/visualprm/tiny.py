@@ -332,10 +332,12 @@ def build_tiny(arch: str = "qwen2_vl", seed: int = 0, image_size: int = 56):
 def make_tiny_model(out: str | os.PathLike, arch: str = "qwen2_vl", seed: int = 0, image_size: int = 56) -> Path:
     """Build and save a tiny model + processor folder; returns the folder."""
     from .model import save_processor
+    from .schema import share_modes
 
     model, processor = build_tiny(arch, seed=seed, image_size=image_size)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     save_processor(processor, out)
+    share_modes(out)  # safetensors writes 0600
     return out

@@ -38,12 +38,12 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import options as opt
 from .builddata import (
     Examples,
     check_label_mode,
@@ -55,7 +55,7 @@ from .builddata import (
     system_prompt_of,
 )
 from .model import ADVANTAGE_LABELS, PRM_CONFIG, VALUE_LABELS, get_tokenizer, read_prm_config
-from .schema import InputError, check_image, write_json
+from .schema import InputError, check_image, check_output, share_modes, write_json
 
 
 def _f(default, help: str, **meta):  # noqa: A002 - the field's help text
@@ -72,7 +72,9 @@ class TrainConfig:
     model: str = _f("", "base model folder or hub id (any AutoModelForImageTextToText model)")
     out: str = _f("", "output folder: the trained PRM, eval.json, checkpoints/")
     eval_data: str = _f("", "held-out conversations; default: split eval_split of the problems off the data")
-    eval_split: float = _f(0.1, "fraction of problems held out for evaluation (0: no evaluation)")
+    eval_split: float = _f(
+        0.1, "fraction of problems held out for evaluation (0: no evaluation)", type=opt.number_in(0, 1, hi_open=True)
+    )
     image_root: str = _f("", "folder for relative image paths (default: the data file's folder)")
     label_mode: str = _f(
         "auto",
@@ -87,15 +89,15 @@ class TrainConfig:
         "(labels: what the scorer reads; for a base model that has never written a label token)",
         choices=("vocab", "labels"),
     )
-    epochs: float = _f(1.0, "training epochs")
+    epochs: float = _f(1.0, "training epochs", type=opt.POSITIVE)
     max_steps: int = _f(-1, "stop after this many optimizer steps (-1: epochs decide)")
-    lr: float = _f(1e-5, "peak learning rate")
-    weight_decay: float = _f(0.05, "AdamW weight decay")
-    adam_beta1: float = _f(0.9, "AdamW beta1")
-    adam_beta2: float = _f(0.999, "AdamW beta2")
-    warmup_ratio: float = _f(0.05, "fraction of the steps for linear warm-up")
+    lr: float = _f(1e-5, "peak learning rate", type=opt.POSITIVE)
+    weight_decay: float = _f(0.05, "AdamW weight decay", type=opt.NONNEG)
+    adam_beta1: float = _f(0.9, "AdamW beta1", type=opt.number_in(0, 1, hi_open=True))
+    adam_beta2: float = _f(0.999, "AdamW beta2", type=opt.number_in(0, 1, hi_open=True))
+    warmup_ratio: float = _f(0.05, "fraction of the steps for linear warm-up", type=opt.PROBABILITY)
     lr_scheduler: str = _f("cosine", "learning-rate schedule after warm-up (transformers name)")
-    max_grad_norm: float = _f(1.0, "gradient clipping")
+    max_grad_norm: float = _f(1.0, "gradient clipping", type=opt.POSITIVE)
     batch_size: int = _f(1, "conversations per device per forward pass", min=1)
     grad_accum: int = _f(1, "gradient accumulation steps", min=1)
     max_length: int = _f(0, "longest sequence in tokens (0: no limit); longer ones fail unless drop_long")
@@ -108,7 +110,7 @@ class TrainConfig:
     lora: bool = _f(False, "train LoRA adapters on the LLM's linear layers instead of all weights")
     lora_r: int = _f(16, "LoRA rank", min=1)
     lora_alpha: int = _f(32, "LoRA alpha", min=1)
-    lora_dropout: float = _f(0.05, "LoRA dropout")
+    lora_dropout: float = _f(0.05, "LoRA dropout", type=opt.number_in(0, 1, hi_open=True))
     lora_target: str = _f(
         r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
         "regular expression over module names that get LoRA adapters",
@@ -120,7 +122,7 @@ class TrainConfig:
     eval_steps: int = _f(0, "also evaluate every N optimizer steps (0: only at the end)")
     preencode: bool = _f(True, "encode every conversation up front and keep it in memory (else lazily)")
     num_workers: int = _f(0, "data loader worker processes")
-    torch_threads: int = _f(0, "torch CPU threads (0: torch's default; 1 is fastest for tiny models on busy CPUs)")
+    torch_threads: int = _f(0, "torch CPU threads (0: as in score: one per core, at most 4; CUDA: torch's own)")
     limit: int = _f(0, "use only the first N records of the data (0: all)")
     deepspeed: str = _f("", "DeepSpeed JSON config (or pass an accelerate config with DeepSpeed)")
     overwrite: bool = _f(False, "start afresh even if OUT holds checkpoints or a finished model")
@@ -386,10 +388,10 @@ def train(cfg: TrainConfig) -> dict:
     import torch
     import transformers as tf
 
+    from .jobs import set_torch_threads
     from .model import label_prefix, label_token_ids, load_model, load_processor, save_processor
 
-    if cfg.torch_threads > 0:
-        torch.set_num_threads(cfg.torch_threads)
+    set_torch_threads(cfg.torch_threads if cfg.torch_threads > 0 else None)
     tf.set_seed(cfg.seed)
     processor = load_processor(cfg.model)
     tok = get_tokenizer(processor)
@@ -407,11 +409,11 @@ def train(cfg: TrainConfig) -> dict:
     def enc_eval(ex):
         return encode_example(processor, ex, label_ids, placeholder, cfg.max_length)
 
-    from tqdm import tqdm
+    from .jobs import bar as progress_bar
 
     def encode_all(exs, fn, what):
         kept, n_long = [], 0
-        for ex in tqdm(exs, desc=f"encoding {what}", unit="conv", file=sys.stderr, disable=not _is_main()):
+        for ex in progress_bar(len(exs), f"encoding {what}", "conv", enabled=_is_main(), iterable=exs):
             try:
                 if cfg.preencode:
                     kept.append(fn(ex))
@@ -584,6 +586,7 @@ def train(cfg: TrainConfig) -> dict:
     }
     if _is_main():
         save_processor(processor, out)
+        share_modes(out)  # safetensors writes 0600: a colleague or a server of another user must read the PRM
         write_json(out / "eval.json", {"label_mode": label_mode, "metrics": metrics, "train": summary})
         write_json(out / "train_log.json", trainer.state.log_history)
         prm = {
@@ -618,6 +621,8 @@ def train(cfg: TrainConfig) -> dict:
 def train_command(yaml_path: str | None, overrides: dict[str, Any]) -> int:
     """`visualprm train`: config from YAML and options, then `train`."""
     cfg = load_config(yaml_path, overrides)
+    if cfg.out:  # also when it comes from --config (cli.main checked --out)
+        check_output(cfg.out, "dir", "out")
     train(cfg)
     import torch
 
