@@ -250,7 +250,7 @@ def test_service_failure_classes():
             "[0, inf)",
         ),
         (["bench", "--bench", "b", "--prm", "p", "--out", "o", "--heldout", "1"], "must be in (0, 1)"),
-        (["train", "--lr", "0"], "must be in (0, inf)"),
+        (["train", "--lr", "-1"], "must be in [0, inf)"),
         (["serve", "--prm", "p", "--port", "70000"], "[1, 65535]"),
         (["score", "--prm", "p", "--input", "i", "--out", "o", "--max-steps", "0"], "must be >= 1"),
         (["bon", "--prm", "p", "--input", "i", "--out", "o", "--limit", "0"], "must be >= 1"),

@@ -91,7 +91,7 @@ class TrainConfig:
     )
     epochs: float = _f(1.0, "training epochs", type=opt.POSITIVE)
     max_steps: int = _f(-1, "stop after this many optimizer steps (-1: epochs decide)")
-    lr: float = _f(1e-5, "peak learning rate", type=opt.POSITIVE)
+    lr: float = _f(1e-5, "peak learning rate (0: no update, e.g. to re-save a model)", type=opt.NONNEG)
     weight_decay: float = _f(0.05, "AdamW weight decay", type=opt.NONNEG)
     adam_beta1: float = _f(0.9, "AdamW beta1", type=opt.number_in(0, 1, hi_open=True))
     adam_beta2: float = _f(0.999, "AdamW beta2", type=opt.number_in(0, 1, hi_open=True))
