@@ -32,7 +32,7 @@ def _cmd_make_synthetic(a: argparse.Namespace) -> int:
 
 
 def _cmd_grade(a: argparse.Namespace) -> int:
-    from .answers import grade_file
+    from .grade import grade_file
 
     grade_file(a.input, a.out, mode=a.mode, checker=a.checker, choice_fallback=a.choice_fallback)
     return 0
