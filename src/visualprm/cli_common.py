@@ -1,8 +1,10 @@
 """What every `visualprm` command parser shares: argument types, the help layout that shows every default, and the
 options generated from a config dataclass (`train`'s, from `train.TrainConfig`).
 
-cli.py and cli_data.py both build parsers with these; this module imports nothing else from the package, so
-neither of them imports the other. It parses nothing and runs no job.
+Also the options and helpers of the commands that run a model (`add_model_options`, `is_local`, `set_threads`,
+`AGGREGATES`), shared by cli.py and cli_model.py. cli.py, cli_data.py and cli_model.py all build parsers with
+these; this module imports only options.py (and jobs.py inside `set_threads`) from the package, so none of them
+imports another. It parses nothing and runs no job.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from typing import Any
+
+from .options import POSITIVE_INT
 
 # Every form of a policy spec (policy.parse_policy_spec reads them), for `annotate --policy` and `search --policy`.
 POLICY_HELP = (
@@ -114,3 +118,53 @@ def _typed(kind: type, lo: float | None):
 
     check.__name__ = kind.__name__  # argparse names the type in its "invalid int value" message
     return check
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Options of the commands that run a model (score, bon, bench, search)
+
+AGGREGATES = ("mean", "min", "max", "last", "prod")
+TORCH_THREADS_HELP = (
+    "CPU threads for torch (default on CPU: one per core, at most 4; torch's own on CUDA or if $OMP_NUM_THREADS)"
+)
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bf16 on CUDA, else fp32)")
+    p.add_argument(
+        "--no-system-prompt", action="store_true", help="leave out the VisualPRM system prompt (on by default)"
+    )
+    p.add_argument("--batch-size", type=positive_int, default=8, help="solutions per forward pass")
+    p.add_argument(
+        "--max-length",
+        type=POSITIVE_INT,
+        default=None,
+        help="fail on sequences longer than this many tokens (default: no limit)",
+    )
+    p.add_argument(
+        "--max-tiles",
+        type=positive_int,
+        default=None,
+        help="InternVL: at most N image tiles (default: the folder's max_dynamic_patch)",
+    )
+    p.add_argument(
+        "--label-mode",
+        choices=("auto", "value", "advantage"),
+        default="auto",
+        help="value: P(+); advantage: P(+) - P(-); auto: what the checkpoint records (else value)",
+    )
+    p.add_argument("--torch-threads", type=positive_int, default=None, help=TORCH_THREADS_HELP)
+
+
+def is_local(prm: str | None) -> bool:
+    """Whether a --prm spec is a model this process loads (not a server)."""
+    return bool(prm) and not prm.startswith(("http://", "https://", "openai:"))
+
+
+def set_threads(a: argparse.Namespace, local_model: bool = True) -> None:
+    """Apply --torch-threads before a model loads (only where this command runs a model on this machine)."""
+    if local_model:
+        from .jobs import set_torch_threads
+
+        set_torch_threads(getattr(a, "torch_threads", None), getattr(a, "device", None))
