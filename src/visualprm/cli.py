@@ -39,10 +39,10 @@ from .schema import InputError
 def _cmd_score(a: argparse.Namespace) -> int:
     from .scoring import score_file
 
-    if a.ray is not None:  # the same job on a Ray cluster (ray_jobs.py)
+    if a.ray is not None:  # the same job on a Ray cluster (ray_score.py)
         from functools import partial
 
-        from .ray_jobs import score_ray
+        from .ray_score import score_ray
 
         score_file = partial(score_ray, address=a.ray, num_gpus_per_scorer=a.num_gpus_per_scorer)
 
@@ -69,10 +69,10 @@ def _cmd_score(a: argparse.Namespace) -> int:
 def _cmd_bon(a: argparse.Namespace) -> int:
     from .bon import bon_file
 
-    if a.ray is not None:  # the same job on a Ray cluster (ray_jobs.py)
+    if a.ray is not None:  # the same job on a Ray cluster (ray_score.py)
         from functools import partial
 
-        from .ray_jobs import bon_ray
+        from .ray_score import bon_ray
 
         bon_file = partial(bon_ray, address=a.ray, num_gpus_per_scorer=a.num_gpus_per_scorer)
 

@@ -25,7 +25,7 @@ in which the K-rollout mc lies (`lo = c / K`, `hi = (c + K - n) / K`); an inferr
 (binary) carries the same marker. Value labels at any threshold outside the range are exact; soft and
 advantage labels need the K-rollout mc, so `build-data` refuses bounds there.
 
-This module neither sends requests nor checks answers (montecarlo.py does); it is plain arithmetic on counts.
+This module neither sends requests nor checks answers (mclabel.py does); it is plain arithmetic on counts.
 """
 
 from __future__ import annotations
