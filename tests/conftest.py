@@ -29,3 +29,14 @@ def pytest_configure(config):
     except ImportError:
         return
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def quick_demo_dir(tmp_path_factory):
+    """`visualprm demo --quick`'s output folder, made once per session (tests/test_demo.py checks its figures;
+    tests/test_readme.py runs the README's commands against it as `demo-out/`)."""
+    from visualprm.cli import main
+
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    return out

@@ -149,9 +149,8 @@ def test_pooled_f1_pools_counts_of_sources():
 
 
 @pytest.fixture(scope="module")
-def quick_demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--quick", "--out", str(out)]) == 0
+def quick_demo(quick_demo_dir):
+    out = quick_demo_dir
     res = json.loads((out / "results.json").read_text())
     details = json.loads((out / "details.json").read_text())
     return out, res, details

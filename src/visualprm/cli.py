@@ -12,6 +12,7 @@ import os
 import sys
 import time
 
+from . import package_version
 from .cli_data import add_data_commands
 from .schema import InputError
 
@@ -260,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Process reward models for multimodal reasoning (VisualPRM): generate Monte-Carlo process "
         "labels, train a PRM, score steps, pick the best of N, evaluate critics.",
     )
+    parser.add_argument("--version", action="version", version=f"visualprm {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("score", help="score every step of every solution with a PRM")

@@ -65,6 +65,7 @@ _DEFAULT = dict(
     batch_size=8,
     heldout_problems=100,
     candidates=8,
+    torch_threads=1,  # training and scoring (1 is fastest for this model on a small CPU; results depend on it slightly)
 )
 SIZES = {"default": _DEFAULT, "quick": {**_DEFAULT, "train_problems": 240, "heldout_problems": 40}}
 TRAIN_SEED, HELDOUT_SEED = 1000, 2000  # problem seeds are these + --seed
@@ -247,7 +248,7 @@ def run_demo(
         eval_split=0.0,
         save_steps=100000,
         logging_steps=20,
-        torch_threads=1,
+        torch_threads=size["torch_threads"],
         overwrite=True,
         **opts,
     )
@@ -255,7 +256,8 @@ def run_demo(
         "train",
         [vp, "train", "--data", str(data), "--model", base, "--out", str(prm), "--eval-split", "0"]
         + ["--epochs", str(opts["epochs"]), "--lr", str(opts["lr"]), "--batch-size", str(opts["batch_size"])]
-        + ["--seed", str(seed), "--label-loss", opts["label_loss"], "--torch-threads", "1", "--overwrite"],
+        + ["--seed", str(seed), "--label-loss", opts["label_loss"], "--torch-threads", str(size["torch_threads"])]
+        + ["--overwrite"],
     )
     trained = train(cfg)
     st.done(f"{trained['summary'].get('global_step')} optimizer steps")
