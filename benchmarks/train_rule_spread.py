@@ -49,8 +49,10 @@ def main() -> None:
             runs[f"s{seed}-t{th}"] = {"macro_f1": ev["metrics"]["macro_f1"], "rule_exact": ok, "min_dist": margin}
             print(f"s{seed}-t{th}", json.dumps(runs[f"s{seed}-t{th}"]), flush=True)
     f1 = [r["macro_f1"] for r in runs.values()]
-    print(f"macro-F1 min {min(f1):.4f} max {max(f1):.4f}; rule exact in {sum(r['rule_exact'] for r in runs.values())}"
-          f"/{len(runs)}; smallest |score-0.5| {min(r['min_dist'] for r in runs.values()):.4f}")
+    print(
+        f"macro-F1 min {min(f1):.4f} max {max(f1):.4f}; rule exact in {sum(r['rule_exact'] for r in runs.values())}"
+        f"/{len(runs)}; smallest |score-0.5| {min(r['min_dist'] for r in runs.values()):.4f}"
+    )
     print(json.dumps(runs))
 
 

@@ -72,7 +72,12 @@ PB_SCORES = [[0.9, 0.8, 0.85], [0.3, 0.6, 0.4], [0.95, 0.9, 0.8, 0.9], [0.9, 0.7
 # Answers to grade (`grade`): JSONL with response and answer; choices, units and numbers.
 ANSWERS = [
     {"id": "a0", "question": "What is 12 + 30?", "response": "12 + 30 = 42.\n\nFinal answer: 42", "answer": "42"},
-    {"id": "a1", "question": "What is the area?", "response": "The area is 5 * 2.5 = \\boxed{12.5} cm^2.", "answer": 12.5},
+    {
+        "id": "a1",
+        "question": "What is the area?",
+        "response": "The area is 5 * 2.5 = \\boxed{12.5} cm^2.",
+        "answer": 12.5,
+    },
     {
         "id": "a2",
         "question": "Which shape has more sides?",

@@ -65,7 +65,7 @@ _DEFAULT = dict(
     batch_size=8,
     heldout_problems=100,
     candidates=8,
-    torch_threads=1,  # training and scoring (1 is fastest for this model on a small CPU; results depend on it slightly)
+    torch_threads=1,  # training and scoring: 1 is fastest for this model on a small CPU (figures move a little)
 )
 SIZES = {"default": _DEFAULT, "quick": {**_DEFAULT, "train_problems": 240, "heldout_problems": 40}}
 TRAIN_SEED, HELDOUT_SEED = 1000, 2000  # problem seeds are these + --seed
