@@ -165,3 +165,20 @@ def test_quickstart_outputs(readme_dir):
         pytest.skip("the Quick start section did not run in this session")
     assert len(scored.read_text().splitlines()) == 80  # 20 problems x 4 solutions
     assert (readme_dir / "runs/qs/search/results.json").is_file()
+
+
+def test_version(capsys):
+    import visualprm
+    from visualprm.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out == f"visualprm {visualprm.package_version()}\n"
+    assert visualprm.package_version() == visualprm.__version__  # the installed metadata and the source agree
+
+
+def test_license_matches_pyproject():
+    assert re.search(r'^license = "Apache-2.0"$', (ROOT / "pyproject.toml").read_text(), re.M)
+    text = (ROOT / "LICENSE").read_text()
+    assert text.split()[:5] == ["Apache", "License", "Version", "2.0,", "January"] and "END OF TERMS" in text
