@@ -145,6 +145,7 @@ def test_readme_section_runs(heading, blocks, readme_dir, request):
     if any("demo-out/" in code for _, code in blocks) and not (readme_dir / "demo-out").exists():
         shutil.copytree(request.getfixturevalue("quick_demo_dir"), readme_dir / "demo-out")
     env = _env(readme_dir)
+    cpu0 = _children_cpu()
     for i, (lang, code) in enumerate(blocks):
         if lang == "bash":
             argv = ["bash", "-euo", "pipefail", "-c", code]
@@ -156,6 +157,14 @@ def test_readme_section_runs(heading, blocks, readme_dir, request):
             continue
         proc = subprocess.run(argv, cwd=readme_dir, env=env, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, f"{heading}, block {i}:\n{code}\n--- stderr:\n{proc.stderr[-3000:]}"
+    print(f"README section {heading!r}: {_children_cpu() - cpu0:.1f} CPU seconds")  # wall time on an idle CPU
+
+
+def _children_cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def test_quickstart_outputs(readme_dir):
