@@ -120,10 +120,13 @@ def readme_dir(tmp_path_factory):
             (d / top).symlink_to(ROOT / top)
     venv = d / ".venv" / "bin"
     venv.mkdir(parents=True)
-    (venv / "visualprm").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m visualprm "$@"\n')
-    (venv / "python").symlink_to(sys.executable)
+    # as if visualprm were installed in the environment: importable whatever a block sets PYTHONPATH to
+    path = f'export PYTHONPATH="{ROOT / "src"}${{PYTHONPATH:+:$PYTHONPATH}}"\n'
+    (venv / "visualprm").write_text(f'#!/bin/sh\n{path}exec "{sys.executable}" -m visualprm "$@"\n')
+    (venv / "python").write_text(f'#!/bin/sh\n{path}exec "{sys.executable}" "$@"\n')
     (venv / "activate").write_text(f'export VIRTUAL_ENV="{venv.parent}"\nexport PATH="{venv}:$PATH"\n')
-    (venv / "visualprm").chmod(0o755)
+    for f in ("visualprm", "python"):
+        (venv / f).chmod(0o755)
     return d
 
 
