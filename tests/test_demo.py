@@ -182,11 +182,12 @@ def test_demo_quick_prm_looks_at_the_image(quick_demo):
     demo's test that the PRM looks at the image; a PRM that ignores the image scores both the same, gap 0), and is
     well above what a critic that cannot tell steps apart gets (<= 0.5).
 
-    Margins, measured with `python benchmarks/demo_spread.py` (quick size, 200 held-out problems; 2-core AMD EPYC
-    VM): seed 0 gives gaps 0.168 overall / 0.154 perception and macro-F1 0.637 with 1 torch thread, GAPS_T2 with 2
-    (the thread count stands in for another CPU's kernels); seed 1 gives 0.237 / 0.215 / 0.659. On 40 held-out
-    problems, as before, an Intel Xeon gave perception 0.615 where this machine gives 0.642 (0.027 lower), which
-    failed the old margin (0.121 against 0.10)."""
+    Margins, measured with `python benchmarks/demo_spread.py` (2-core AMD EPYC VM; the torch thread count stands in
+    for another CPU's floating-point kernels): on the 200 held-out problems of `--quick`, seed 0 gives gaps 0.168 /
+    0.154 (overall / perception) and macro-F1 0.637 with 1 thread, 0.159 / 0.144 / 0.627 with 2: a spread of 0.01,
+    against margins of >= 0.044 (gaps) and >= 0.047 (macro-F1); seed 1 gives 0.237 / 0.215 / 0.659. On the first
+    40 of them (the old --quick size) the two thread counts gave perception gaps 0.121 and 0.074, and an Intel Xeon
+    0.095 (0.6151 vs 0.5205), which failed this test: the small held-out set, not the PRM, made the spread."""
     _, res, details = quick_demo
     s, ref = res["steps"], details["text_only_reference"]
     assert s["macro_f1_perception"] >= ref["macro_f1_perception"] + 0.10

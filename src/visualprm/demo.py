@@ -54,8 +54,9 @@ from pathlib import Path
 from .schema import InputError, read_jsonl, write_json, write_jsonl
 
 # Sizes of a run. `default`: <= 10 minutes on a 2-core CPU; `quick`: <= 3 minutes (CI). Training is what costs;
-# held-out scoring is cheap, so `quick` keeps 200 held-out problems: on 40, its step figures moved by ~0.03 between
-# two CPUs, as much as the margin tests/test_demo.py had (benchmarks/demo_spread.py measures the spread).
+# held-out scoring is cheap, so `quick` keeps 200 held-out problems: on 40, its image gap moved by up to 0.05
+# between thread counts and CPUs, more than tests/test_demo.py's margin; on 200, by 0.01
+# (benchmarks/demo_spread.py).
 _DEFAULT = dict(
     train_problems=600,
     solutions=4,
