@@ -194,3 +194,23 @@ def test_license_matches_pyproject():
     assert re.search(r'^license = "Apache-2.0"$', (ROOT / "pyproject.toml").read_text(), re.M)
     text = (ROOT / "LICENSE").read_text()
     assert text.split()[:5] == ["Apache", "License", "Version", "2.0,", "January"] and "END OF TERMS" in text
+
+
+def test_example_data_is_what_its_script_writes(tmp_path):
+    """examples/data/ (the README's inputs) is exactly what examples/data/make_examples.py writes: real formats,
+    made by the library's own functions, reproducible."""
+    sys.path.insert(0, str(ROOT / "examples" / "data"))
+    try:
+        import make_examples
+    finally:
+        sys.path.pop(0)
+    make_examples.main(tmp_path)
+    shipped = ROOT / "examples" / "data"
+    made = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert made == sorted(
+        p.relative_to(shipped)
+        for p in shipped.rglob("*")
+        if p.is_file() and p.suffix not in (".py", ".pyc", ".md") and "__pycache__" not in p.parts
+    )
+    for rel in made:
+        assert (tmp_path / rel).read_bytes() == (shipped / rel).read_bytes(), rel

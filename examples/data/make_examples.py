@@ -1,6 +1,6 @@
 """Rebuild the small example inputs in this folder (the README's commands use them).
 
-    python examples/data/make_examples.py
+    python examples/data/make_examples.py [OUT_DIR]      # default: this folder
 
 From 6 problems of the built-in synthetic task (seed 7; images in `images/`) and the synthetic policy (seed 0):
 - `problems.jsonl`: problems as `make-synthetic` writes them (input of `annotate` and `search`);
@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -122,22 +123,22 @@ MATHVISTA = {
 }
 
 
-def main() -> None:
+def main(out: Path = HERE) -> None:
     from visualprm.demo import bench_records, candidates_from_annotated
     from visualprm.montecarlo import annotate_file
     from visualprm.schema import read_jsonl, write_jsonl
     from visualprm.synthetic import make_problems
 
-    shutil.rmtree(HERE / "images", ignore_errors=True)
-    make_problems(HERE, n=6, seed=7)
-    ann = HERE / "_annotated4.jsonl"  # beside the images: annotate writes image paths relative to its output
+    shutil.rmtree(out / "images", ignore_errors=True)
+    make_problems(out, n=6, seed=7)
+    ann = out / "_annotated4.jsonl"  # beside the images: annotate writes image paths relative to its output
     ann.unlink(missing_ok=True)
-    annotate_file(str(HERE / "problems.jsonl"), "synthetic", str(ann), solutions=4, rollouts=4, seed=0)
+    annotate_file(str(out / "problems.jsonl"), "synthetic", str(ann), solutions=4, rollouts=4, seed=0)
     lines = [r for _, r in read_jsonl(ann)]
     ann.unlink()
-    write_jsonl(HERE / "annotated.jsonl", [r for r in lines if r["solution_index"] < 2])
+    write_jsonl(out / "annotated.jsonl", [r for r in lines if r["solution_index"] < 2])
     cands = candidates_from_annotated(lines)
-    write_jsonl(HERE / "candidates.jsonl", cands)
+    write_jsonl(out / "candidates.jsonl", cands)
     sols = [
         {"id": f"{r['problem_id']}-{r['solution_index']}", "images": r["images"], "question": r["question_orig"]}
         | {"steps": [s["text"] for s in r["steps"]]}
@@ -145,25 +146,25 @@ def main() -> None:
         if r["solution_index"] == 0
     ]
     sols[-1] = {k: v for k, v in sols[-1].items() if k != "steps"} | {"response": "\n\n".join(sols[-1]["steps"])}
-    write_jsonl(HERE / "solutions.jsonl", sols)
+    write_jsonl(out / "solutions.jsonl", sols)
     recs = bench_records(cands)
-    write_jsonl(HERE / "visualprocessbench.jsonl", recs)
+    write_jsonl(out / "visualprocessbench.jsonl", recs)
     rng = random.Random(0)
     scores = [
         {"step_scores": [round(min(1, max(0, (0.8 if g > 0 else 0.3) + rng.gauss(0, 0.2))), 3) for g in labels]}
         for labels in (r["response"]["process_correctness"] for r in recs)
     ]
-    write_jsonl(HERE / "vpb_scores.jsonl", scores)
-    (HERE / "processbench").mkdir(exist_ok=True)
-    (HERE / "processbench" / "gsm8k.json").write_text(json.dumps(PROCESSBENCH, indent=1) + "\n")
-    write_jsonl(HERE / "pb_scores.jsonl", [{"step_scores": s} for s in PB_SCORES])
-    write_jsonl(HERE / "answers.jsonl", ANSWERS)
-    (HERE / "mathvista_outputs.json").write_text(json.dumps(MATHVISTA, indent=1) + "\n")
-    for p in HERE.rglob("*"):
+    write_jsonl(out / "vpb_scores.jsonl", scores)
+    (out / "processbench").mkdir(exist_ok=True)
+    (out / "processbench" / "gsm8k.json").write_text(json.dumps(PROCESSBENCH, indent=1) + "\n")
+    write_jsonl(out / "pb_scores.jsonl", [{"step_scores": s} for s in PB_SCORES])
+    write_jsonl(out / "answers.jsonl", ANSWERS)
+    (out / "mathvista_outputs.json").write_text(json.dumps(MATHVISTA, indent=1) + "\n")
+    for p in out.rglob("*"):
         p.chmod(0o755 if p.is_dir() else 0o644)
-    print(f"wrote {len(lines)} solutions of {len(cands)} problems, {len(recs)} benchmark records to {HERE}")
-    print(json.dumps({"files": sorted(p.name for p in HERE.iterdir())}))
+    print(f"wrote {len(lines)} solutions of {len(cands)} problems, {len(recs)} benchmark records to {out}")
+    print(json.dumps({"files": sorted(p.name for p in out.iterdir())}))
 
 
 if __name__ == "__main__":
-    main()
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE)
