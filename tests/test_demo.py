@@ -185,7 +185,8 @@ def test_demo_quick_prm_looks_at_the_image(quick_demo):
     Margins, measured with `python benchmarks/demo_spread.py` (2-core AMD EPYC VM; the torch thread count stands in
     for another CPU's floating-point kernels): on the 200 held-out problems of `--quick`, seed 0 gives gaps 0.168 /
     0.154 (overall / perception) and macro-F1 0.637 with 1 thread, 0.159 / 0.144 / 0.627 with 2: a spread of 0.01,
-    against margins of >= 0.044 (gaps) and >= 0.047 (macro-F1); seed 1 gives 0.237 / 0.215 / 0.659. On the first
+    against margins of >= 0.044 (gaps) and >= 0.047 (macro-F1); seeds 1 and 2 give 0.236-0.237 / 0.214-0.215 /
+    0.659 and 0.186-0.190 / 0.171-0.174 / 0.654-0.657 (threads 1-2), so seed 0 is the closest. On the first
     40 of them (the old --quick size) the two thread counts gave perception gaps 0.121 and 0.074, and an Intel Xeon
     0.095 (0.6151 vs 0.5205), which failed this test: the small held-out set, not the PRM, made the spread."""
     _, res, details = quick_demo
