@@ -2,8 +2,8 @@
 
     pip install -e '.[torch,serve,rl]'
     python examples/grpo_with_prm.py --out runs/grpo                      # tiny random policy and PRM
-    python examples/grpo_with_prm.py --out runs/grpo --prm runs/demo/prm  # a trained PRM folder
-    visualprm serve --prm runs/demo/prm --port 8000 &                     # or the PRM behind the HTTP service
+    python examples/grpo_with_prm.py --out runs/grpo --prm demo-out/prm  # a trained PRM folder
+    visualprm serve --prm demo-out/prm --port 8000 &                     # or the PRM behind the HTTP service
     python examples/grpo_with_prm.py --out runs/grpo --prm-url http://127.0.0.1:8000
 
 What it does: writes `--problems` synthetic problems (images + questions), turns them into a TRL dataset

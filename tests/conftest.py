@@ -29,3 +29,18 @@ def pytest_configure(config):
     except ImportError:
         return
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def quick_demo_dir(tmp_path_factory):
+    """`visualprm demo --quick`'s output folder, made once per session (tests/test_demo.py checks its figures;
+    tests/test_readme.py runs the README's commands against it as `demo-out/`). `VISUALPRM_TEST_DEMO_OUT=DIR`
+    names a finished `visualprm demo --quick --out DIR` to use instead (to rerun README sections quickly)."""
+    from visualprm.cli import main
+
+    given = os.environ.get("VISUALPRM_TEST_DEMO_OUT")
+    if given and (Path(given) / "results.json").is_file():
+        return Path(given)
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    return out

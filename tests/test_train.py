@@ -176,6 +176,9 @@ def _cfg(data, model, out, **kw):
     return load_config(None, base)
 
 
+# The spread of this test's quality assertions (`python benchmarks/train_rule_spread.py`, training seeds 0-4 x torch
+# threads 1 and 2, 2-core AMD EPYC VM): held-out macro-F1 1.000 in all 10 runs (asserted >= 0.9); the rule held on
+# every checked step, the closest score 0.19 from the 0.5 threshold; the thread count moved scores by < 1e-6.
 @pytest.mark.slow
 def test_tiny_prm_learns_rule_and_scores_from_its_folder(tiny, rule, tmp_path):
     out = tmp_path / "prm"

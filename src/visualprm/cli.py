@@ -15,6 +15,7 @@ import sys
 import time
 
 from . import options as opt
+from . import package_version
 from .boneval import add_bon_eval_command
 from .cli_common import (  # noqa: F401 (AGGREGATES, TORCH_THREADS_HELP: importable from here as before)
     AGGREGATES,
@@ -125,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Process reward models for multimodal reasoning (VisualPRM): generate Monte-Carlo process "
         "labels, train a PRM, score steps, pick the best of N, evaluate critics.",
     )
+    parser.add_argument("--version", action="version", version=f"visualprm {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("score", help="score every step of every solution with a PRM")
