@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ SIZES = [(448, 448), (900, 300), (300, 1200), (700, 460), (1300, 1000)]
 ORACLE_SIZES = [(448, 448), (300, 1200), (1300, 1000)]  # 1, 5 and 13 tiles
 KINDS = [("qwen2", True), ("internlm2", True), ("internlm2", False)]
 ITEM = {"question": "How many red circles?  Answer: ", "steps": ["There are 3.", "So 3 + 4 = 7.", "Answer: 7 ①"]}
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "data"
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 
 
@@ -277,3 +279,62 @@ def test_score_cli_and_train_from_dst_keep_the_scores(folders, scorers, tmp_path
     before = scorers[("internlm2", True)].score_steps([item])[0]
     after = Scorer.from_pretrained(str(trained)).score_steps([item])[0]
     assert max(abs(a - b) for a, b in zip(before, after)) < 1e-5
+
+
+@pytest.mark.slow
+def test_bon_bench_search_serve_run_on_a_converted_folder(folders, scorers, tmp_path):
+    """Every command that takes --prm loads a converted folder; bon, bench and serve give the in-process scores."""
+    from fastapi.testclient import TestClient
+
+    from visualprm.client import Client
+    from visualprm.scoring import Scorer
+    from visualprm.server import build_app
+
+    _, dst = folders[("qwen2", True)]
+    scorer, data = scorers[("qwen2", True)], EXAMPLES
+    cands = [json.loads(line) for line in (data / "candidates.jsonl").read_text().splitlines()][:2]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(c) + "\n" for c in cands))
+    prm = ["--prm", str(dst), "--max-tiles", "1", "--quiet"]
+    assert (
+        main(
+            [
+                "bon",
+                "--input",
+                str(tmp_path / "c.jsonl"),
+                "--image-root",
+                str(data),
+                "--out",
+                str(tmp_path / "b"),
+                *prm,
+            ]
+        )
+        == 0
+    )
+    by_hand = Scorer.from_pretrained(str(dst), max_tiles=1)  # as the commands load it with --max-tiles 1
+    picks = [json.loads(line) for line in (tmp_path / "b" / "picks.jsonl").read_text().splitlines()]
+    for c, p in zip(cands, picks):
+        want = by_hand.score_steps(
+            [
+                {"question": c["question"], "images": [Image.open(data / c["images"][0]).convert("RGB")], "steps": r}
+                for r in c["responses"]
+            ]
+        )
+        means = [sum(s) / len(s) for s in want]
+        assert p["best"] == int(np.argmax(means)) and max(abs(a - b) for a, b in zip(p["scores"], means)) < 1e-5
+    bench = tmp_path / "v.jsonl"
+    bench.write_text("".join((data / "visualprocessbench.jsonl").read_text().splitlines(keepends=True)[:3]))
+    assert main(["bench", "--bench", str(bench), "--image-root", str(data), "--out", str(tmp_path / "v"), *prm]) == 0
+    first = json.loads((tmp_path / "v" / "samples.jsonl").read_text().splitlines()[0])
+    rec = json.loads(bench.read_text().splitlines()[0])
+    img = Image.open(data / rec["image"][0]).convert("RGB")
+    want = by_hand.score_steps([{"question": rec["question"], "images": [img], "steps": rec["response"]["steps"]}])[0]
+    assert max(abs(a - b) for a, b in zip(first["step_scores"], want)) < 1e-5
+    args = ["--policy", "synthetic", "--problems", str(data / "problems.jsonl"), "--limit", "2", "--method", "bon"]
+    assert main(["search", *args, "--width", "2", "--expand", "1", "--out", str(tmp_path / "s"), *prm]) == 0
+    assert len((tmp_path / "s" / "samples.jsonl").read_text().splitlines()) == 2
+    with TestClient(build_app(by_hand)) as tc:
+        got = Client(http=tc, retries=0).score(
+            rec["question"], [rec["response"]["steps"]], images=[str(data / rec["image"][0])]
+        )
+    assert max(abs(a - b) for a, b in zip(got[0]["step_scores"], want)) < 1e-5
+    assert scorer.system_prompt == by_hand.system_prompt == "You are a careful grader."
