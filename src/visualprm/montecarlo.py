@@ -204,6 +204,45 @@ def summarize(out: str | os.PathLike) -> dict:
 # The job
 
 
+def run_settings(spec: str, *, solutions: int, rollouts: int, max_steps: int, strategy: str, temperature: float,
+                 top_k: int | None, top_p: float | None, max_tokens: int, seed: int, prompt: str, checker: str | None,
+                 splitter: str | None, first_round: int | None, threshold: float) -> dict:  # fmt: skip
+    """The run's settings as the output records them (and resume compares them); every setting the user can get
+    wrong fails here with one line, before any work. Shared by `annotate_file` and its Ray twin."""
+    from .policy import ANSWER_FORMATS
+
+    if strategy not in STRATEGIES:
+        raise InputError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}", field="strategy")
+    if prompt not in ANSWER_FORMATS:
+        raise InputError(f"unknown prompt {prompt!r}; choose from {', '.join(ANSWER_FORMATS)}", field="prompt")
+    first_round = first_round or (1 if strategy in ADAPTIVE else rollouts)
+    sizes = {"solutions": solutions, "rollouts": rollouts, "max_steps": max_steps, "first_round": first_round}
+    for name, v in sizes.items():
+        if v < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {v}", field=name)
+    if not 0.0 <= threshold < 1.0:
+        raise InputError(f"--threshold must be in [0, 1), got {threshold}", field="threshold")
+    run = {"policy": spec, "solutions": solutions, "rollouts": rollouts, "max_steps": max_steps}
+    run.update(strategy=strategy, temperature=temperature, top_k=top_k, top_p=top_p, max_tokens=max_tokens)
+    run.update(seed=seed, prompt=prompt, checker=checker, splitter=splitter)
+    run.update(first_round=min(first_round, rollouts), threshold=float(threshold))
+    return run
+
+
+def resume_todo(out_path: Path, run: dict, todo: list[dict], bad: list) -> tuple[list[dict], int]:
+    """The problems still to do after the finished ones in `out_path` (a torn tail dropped), and how many were
+    finished; warns about bad problems and dropped lines. Call with the output's lock held."""
+    done, dropped = read_done(out_path, run)
+    n_resumed = sum(p["id"] in done for p in todo)
+    for e in bad[:10]:
+        print(f"warning: skipping a bad problem: {e}", file=sys.stderr)
+    if len(bad) > 10:
+        print(f"warning: ... and {len(bad) - 10} more bad problems", file=sys.stderr)
+    if dropped:
+        print(f"resume: dropped {dropped} torn or incomplete line(s) of {out_path}", file=sys.stderr)
+    return [p for p in todo if p["id"] not in done], n_resumed
+
+
 def annotate_file(
     problems: str,
     policy: str | Policy,
@@ -236,24 +275,16 @@ def annotate_file(
     `threshold`: the value-label threshold the adaptive strategies decide (recorded; use it in build-data).
     """
     from .answers import load_checker
-    from .policy import ANSWER_FORMATS, load_policy, parse_policy_spec
+    from .policy import load_policy, parse_policy_spec
     from .schema import load_splitter
 
-    # Everything the user can get wrong fails here, before any work.
-    if strategy not in STRATEGIES:
-        raise InputError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}", field="strategy")
-    if prompt not in ANSWER_FORMATS:
-        raise InputError(f"unknown prompt {prompt!r}; choose from {', '.join(ANSWER_FORMATS)}", field="prompt")
-    first_round = first_round or (1 if strategy in ADAPTIVE else rollouts)
-    sizes = {"solutions": solutions, "rollouts": rollouts, "max_steps": max_steps, "first_round": first_round}
-    for name, v in sizes.items():
-        if v < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {v}", field=name)
-    if not 0.0 <= threshold < 1.0:
-        raise InputError(f"--threshold must be in [0, 1), got {threshold}", field="threshold")
     spec = policy if isinstance(policy, str) else getattr(policy, "name", type(policy).__name__)
     if isinstance(policy, str):
         parse_policy_spec(policy)
+    run = run_settings(spec, solutions=solutions, rollouts=rollouts, max_steps=max_steps, strategy=strategy,
+                       temperature=temperature, top_k=top_k, top_p=top_p, max_tokens=max_tokens, seed=seed,
+                       prompt=prompt, checker=checker, splitter=splitter, first_round=first_round,
+                       threshold=threshold)  # fmt: skip
     check, split = load_checker(checker), load_splitter(splitter)
     shard_i, shard_n = parse_shard(shard)
     todo, bad = load_problems(problems, (shard_i, shard_n), image_root)
@@ -261,21 +292,9 @@ def annotate_file(
         raise bad[0]
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    run = {"policy": spec, "solutions": solutions, "rollouts": rollouts, "max_steps": max_steps}
-    run.update(strategy=strategy, temperature=temperature, top_k=top_k, top_p=top_p, max_tokens=max_tokens)
-    run.update(seed=seed, prompt=prompt, checker=checker, splitter=splitter)
-    run.update(first_round=min(first_round, rollouts), threshold=float(threshold))
     lock = _lock(out_path)
     try:
-        done, dropped = read_done(out_path, run)
-        n_resumed = sum(p["id"] in done for p in todo)
-        todo = [p for p in todo if p["id"] not in done]
-        for e in bad[:10]:
-            print(f"warning: skipping a bad problem: {e}", file=sys.stderr)
-        if len(bad) > 10:
-            print(f"warning: ... and {len(bad) - 10} more bad problems", file=sys.stderr)
-        if dropped:
-            print(f"resume: dropped {dropped} torn or incomplete line(s) of {out}", file=sys.stderr)
+        todo, n_resumed = resume_todo(out_path, run, todo, bad)
         owned = isinstance(policy, str) and bool(todo)  # an unreachable server fails here, before any work
         pol = load_policy(policy, prompt, concurrency, **(policy_options or {})) if owned else policy
         try:

@@ -240,7 +240,7 @@ def annotate_ray(
     """`annotate_file` on a Ray cluster: the same arguments, checks, output lines, resume and summary."""
     from . import montecarlo as mc
     from .answers import load_checker
-    from .policy import ANSWER_FORMATS, parse_policy_spec
+    from .policy import parse_policy_spec
     from .schema import load_splitter
 
     unknown = [k for k, v in later_options.items() if v is not None]  # options annotate_file learnt after this
@@ -248,18 +248,10 @@ def annotate_ray(
         flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
         raise InputError(f"--ray does not take {flags} yet", field="ray")
 
-    if strategy not in mc.STRATEGIES:
-        raise InputError(f"unknown strategy {strategy!r}; choose from {', '.join(mc.STRATEGIES)}", field="strategy")
-    if prompt not in ANSWER_FORMATS:
-        raise InputError(f"unknown prompt {prompt!r}; choose from {', '.join(ANSWER_FORMATS)}", field="prompt")
-    first_round = first_round or (1 if strategy in mc.ADAPTIVE else rollouts)
-    for name, v in (("solutions", solutions), ("rollouts", rollouts), ("max_steps", max_steps)):
-        if v < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {v}", field=name)
-    if first_round < 1:
-        raise InputError(f"--first-round must be >= 1, got {first_round}", field="first_round")
-    if not 0.0 <= threshold < 1.0:
-        raise InputError(f"--threshold must be in [0, 1), got {threshold}", field="threshold")
+    run = mc.run_settings(policy, solutions=solutions, rollouts=rollouts, max_steps=max_steps, strategy=strategy,
+                          temperature=temperature, top_k=top_k, top_p=top_p, max_tokens=max_tokens, seed=seed,
+                          prompt=prompt, checker=checker, splitter=splitter, first_round=first_round,
+                          threshold=threshold)  # fmt: skip
     urls = fleet_urls(policy)
     for u in urls or [None]:
         parse_policy_spec(policy if u is None else f"{policy.split('@', 1)[0]}@{u}")
@@ -271,22 +263,10 @@ def annotate_ray(
         raise bad[0]
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    run = {"policy": policy, "solutions": solutions, "rollouts": rollouts, "max_steps": max_steps}
-    run.update(strategy=strategy, temperature=temperature, top_k=top_k, top_p=top_p, max_tokens=max_tokens)
-    run.update(seed=seed, prompt=prompt, checker=checker, splitter=splitter)
-    run.update(first_round=min(first_round, rollouts), threshold=float(threshold))  # as annotate_file's run
     options = dict(policy_options or {})
     lock = mc._lock(out_path)
     try:
-        done, dropped = mc.read_done(out_path, run)
-        n_resumed = sum(p["id"] in done for p in todo)
-        todo = [p for p in todo if p["id"] not in done]
-        for e in bad[:10]:
-            print(f"warning: skipping a bad problem: {e}", file=sys.stderr)
-        if len(bad) > 10:
-            print(f"warning: ... and {len(bad) - 10} more bad problems", file=sys.stderr)
-        if dropped:
-            print(f"resume: dropped {dropped} torn or incomplete line(s) of {out}", file=sys.stderr)
+        todo, n_resumed = mc.resume_todo(out_path, run, todo, bad)
         stats: Counter = Counter()
         stages: dict = {}
         if todo:
