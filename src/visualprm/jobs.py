@@ -62,6 +62,11 @@ def set_quiet(quiet: bool) -> None:
     _QUIET = bool(quiet)
 
 
+def bars_off() -> bool:
+    """True under `--quiet` or when stderr is not a terminal (for bars that are not ours: the HF Trainer's)."""
+    return _QUIET or not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
+
+
 def bar(total: int | None = None, desc: str = "", unit: str = "it", enabled: bool = True, iterable=None, **kw):
     """A tqdm progress bar on stderr (over `iterable` if given), disabled when `enabled` is false, under
     `--quiet`, or when stderr is not a terminal."""

@@ -350,6 +350,8 @@ def train(cfg: TrainConfig) -> dict:
         names = {f.name for f in dataclasses.fields(tf.TrainingArguments)}
         name = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
         ckpt_args = {name: True, f"{name}_kwargs": {"use_reentrant": False}}
+    from .jobs import bars_off
+
     args = tf.TrainingArguments(
         output_dir=str(ckpt_dir),
         per_device_train_batch_size=cfg.batch_size,
@@ -381,7 +383,7 @@ def train(cfg: TrainConfig) -> dict:
         deepspeed=cfg.deepspeed or None,
         # a text-only batch leaves the (trainable) projector unused, which DDP must be told about
         ddp_find_unused_parameters=any(not ex["images"] for ex in train_ex),
-        disable_tqdm=not _is_main(),
+        disable_tqdm=not _is_main() or bars_off(),  # the Trainer's bar follows --quiet and a non-terminal stderr
     )
     # -- model (after TrainingArguments, so DeepSpeed ZeRO-3 can partition it while loading) --
     model, _ = load_model(cfg.model, device="cpu", dtype=cfg.torch_dtype)
