@@ -131,8 +131,7 @@ def score_ray(
     """`score_file` on a Ray cluster: the same checks and the same output file (input order), written as the
     chunks come back (to a temporary file, renamed at the end)."""
     from .schema import load_splitter, write_jsonl
-    from .scoring import AGGREGATES, load_solutions
-    from .scoring import aggregate as agg_fn
+    from .scoring import AGGREGATES, load_solutions, scored_record
 
     t0 = time.time()
     if aggregate not in AGGREGATES:
@@ -153,13 +152,9 @@ def score_ray(
         for k, scores in enumerate(results):  # (not zip: the generator must run to its end)
             part = chunks[k]
             for (_, sol), s in zip(part, scores):
-                rec = {k: v for k, v in sol.items() if not k.startswith("_")}
-                rec["step_scores"] = [round(x, 6) for x in s]
-                rec["score"] = round(agg_fn(s, aggregate), 6)
-                rec["aggregate"] = aggregate
                 counts["records"] += 1
                 counts["steps"] += len(s)
-                yield rec
+                yield scored_record(sol, s, aggregate)
 
     write_jsonl(out_path, lines())
     dt = time.time() - t0

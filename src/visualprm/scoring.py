@@ -332,6 +332,16 @@ def score_records(scorer: Scorer, records: list[tuple[Loc, dict]], progress: boo
             bar.update(len(part))
 
 
+def scored_record(sol: dict, step_scores: list[float], how: str) -> dict:
+    """The output line of `visualprm score`: the input record (without our private fields) plus `step_scores`,
+    `score` and `aggregate`, rounded to 6 places."""
+    rec = {k: v for k, v in sol.items() if not k.startswith("_")}
+    rec["step_scores"] = [round(x, 6) for x in step_scores]
+    rec["score"] = round(_aggregate(step_scores, how), 6)
+    rec["aggregate"] = how
+    return rec
+
+
 def score_file(
     prm: str,
     input_path: str,
@@ -391,13 +401,7 @@ def score_file(
         print(f"resume: kept {n_resumed} scored records of {partial}", file=sys.stderr)
     t1 = time.time()
     for part in score_records(scorer, records, done=n_resumed):
-        rows = []
-        for sol, s in part:
-            rec = {k: v for k, v in sol.items() if not k.startswith("_")}
-            rec["step_scores"] = [round(x, 6) for x in s]
-            rec["score"] = round(_aggregate(s, aggregate), 6)
-            rec["aggregate"] = aggregate
-            rows.append(rec)
+        rows = [scored_record(sol, s, aggregate) for sol, s in part]
         append_rows(partial, rows)
         out += rows
     write_jsonl(out_path, out)
