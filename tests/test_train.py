@@ -166,6 +166,27 @@ def test_training_encoding_is_the_scorers(tiny, tmp_path):
     assert all(torch.equal(ours.inputs[k], theirs.inputs[k]) for k in ours.inputs)
 
 
+@pytest.mark.parametrize("context, shown", [("labels", None), ("placeholder", "+")])
+def test_context_labels_choose_what_training_shows(tiny, rule, tmp_path, monkeypatch, context, shown):
+    """`context_labels: placeholder` encodes every training conversation as the scorer does (`+` in every
+    assistant turn; test_training_encoding_is_the_scorers shows that view equals the scorer's), while the loss
+    targets stay the true labels; the default shows the true labels (teacher forcing, as the paper)."""
+    import visualprm.train as train_mod
+
+    seen = []
+
+    def spy(processor, ex, label_ids, placeholder=None, *args, **kw):
+        item = encode_example(processor, ex, label_ids, placeholder, *args, **kw)
+        seen.append((placeholder, item["targets"], [label_ids[lab] for lab in ex["labels"]]))
+        return item
+
+    monkeypatch.setattr(train_mod, "encode_example", spy)
+    cfg = _cfg(rule, tiny, tmp_path / "prm", eval_split=0.0, max_steps=1, lr=0.0, limit=6, context_labels=context)
+    train(cfg)
+    assert len(seen) == 6 and {ph for ph, _, _ in seen} == {shown}
+    assert all(targets == true for _, targets, true in seen)  # the loss still reads the true labels
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # training runs
 

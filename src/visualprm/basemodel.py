@@ -3,7 +3,7 @@
 The demo fine-tunes a PRM the way VisualPRM does, from a base model that can already read its images. A
 Qwen2-VL model trained from scratch on `+`/`-` step labels alone never learns to see (binary labels are too weak a
 signal), so the project ships a base model pre-trained here on dense signals about generated images of the
-synthetic task (synthetic.py), and rebuilds it with one seeded command.
+synthetic task (synthetic.py), and rebuilds it with seeded commands (one per phase, README).
 
 Architecture: a real `Qwen2VLForConditionalGeneration` (text: hidden 128, 4 layers, 4 heads, 2 KV heads; vision:
 dim 128, depth 4, patch 14, 2x2 merge); the processor resizes every image to 84 x 84 pixels -> 9 image tokens,
@@ -27,13 +27,17 @@ Each sequence asks about distinct quantities, so no answer can be copied from an
 five of the first phase is a one-colour image and "What colour are the shapes?": without it the model learnt
 shape totals but never the colour words (per-colour counts at chance). A second phase (`check_example`) teaches
 checking statements: mostly true/false claims about one image, half of them bare statements without "True or
-false:". The model never sees a PRM conversation, a solution or a `+`/`-` label: turning it into a PRM is the
-demo's fine-tuning. Everything is
+false:". A third phase (`chain_example`, basedata.py) teaches following a chain: a running list of claims and
+arithmetic on numbers stated earlier, each answered "yes" iff it and everything before it are true (after phase 2
+the demo's PRM judged every step on its own: a true claim after a misread was called correct, and no arithmetic
+step or final answer could be judged at all). The model never sees a PRM conversation, a solution, a question of
+the task or a `+`/`-` label: turning it into a PRM is the demo's fine-tuning. Everything is
 drawn from the seed (data: one random stream per step; weights: `torch.manual_seed`), so a run on CPU with the
 same seed, steps and batch size gives the same model. `evaluate_perception` measures, on images from a separate
 stream, the exact-answer accuracy of each kind of question (greedy, teacher-forced).
 
-This module does not train PRMs (train.py) and downloads nothing.
+The pre-training sequences are drawn in basedata.py. This module does not train PRMs (train.py) and downloads
+nothing.
 """
 
 from __future__ import annotations
@@ -47,34 +51,36 @@ import sys
 import time
 from pathlib import Path
 
-from .schema import InputError, share_modes, write_json
-from .synthetic import (
-    COLORS,
-    GRID,
-    MAX_BAR,
-    SHAPES,
-    describe_scene,
-    render_scene,
-    sample_problem,
-    scene_values,
-    see_text,
+from .basedata import (  # noqa: F401  (the pre-training data, re-exported: basemodel.check_example, ...)
+    CHAIN_PLACEHOLDER,
+    QUESTION_ARITH,
+    QUESTION_BAR,
+    QUESTION_CHAIN,
+    QUESTION_CLAIM,
+    QUESTION_COLOUR,
+    QUESTION_COUNT,
+    QUESTION_DESCRIBE,
+    QUESTION_INVENTORY_BARS,
+    QUESTION_INVENTORY_SHAPES,
+    QUESTION_TOTAL,
+    _arith_turn,
+    _near_miss,
+    chain_example,
+    chain_turns,
+    check_example,
+    inventory,
+    pretrain_example,
+    scene_turns,
 )
+from .schema import InputError, share_modes, write_json
+from .synthetic import COLORS, MAX_BAR, describe_scene, render_scene, sample_problem, scene_values, see_text
 
 # Architecture (flat constants; `build_base` takes them as arguments)
 HIDDEN, LAYERS, HEADS, KV_HEADS, FFN = 128, 4, 4, 2, 512
 VISION_DIM, VISION_DEPTH, VISION_HEADS, PATCH = 128, 4, 4, 14
-IMAGE_SIZE, RENDER_SIZE, VOCAB = 84, 112, 1024
+IMAGE_SIZE, VOCAB = 84, 1024
+RENDER_SIZE = 112  # basedata.RENDER_SIZE: images are drawn at this size, the processor resizes them
 INFO_FILE = "base_model.json"  # how the shipped model was built, and its measured perception
-
-QUESTION_COUNT = "How many {} shapes are there?"
-QUESTION_TOTAL = "How many shapes are there in total?"
-QUESTION_BAR = "What is the value of the {} bar?"
-QUESTION_CLAIM = "True or false: {}"
-QUESTION_DESCRIBE = "Describe the image."
-QUESTION_INVENTORY_SHAPES = "How many shapes of each colour are there?"
-QUESTION_INVENTORY_BARS = "What are the values of the bars?"
-QUESTION_COLOUR = "What colour are the {}?"
-QUESTION_ARITH = "What is {} {} {}?"
 
 
 def shipped_path() -> Path:
@@ -215,142 +221,17 @@ def build_base(
 # Pre-training data
 
 
-def _near_miss(v: int, lo: int, hi: int, rng: random.Random) -> int:
-    """A wrong value close to v (the misreads the scripted policy makes)."""
-    cands = [w for w in (v - 2, v - 1, v + 1, v + 2) if lo <= w <= hi]
-    weights = [1 if abs(w - v) == 2 else 3 for w in cands]
-    return rng.choices(cands, weights)[0]
-
-
-def _arith_turn(rng: random.Random) -> tuple[str, str]:
-    sym = rng.choice("++-×")
-    if sym == "×":
-        x, y = rng.randint(0, 9), rng.randint(2, 4)
-    else:
-        x, y = rng.randint(0, 12), rng.randint(0, 9)
-        if sym == "-" and y > x:
-            x, y = y, x
-    z = x + y if sym == "+" else x - y if sym == "-" else x * y
-    if rng.random() < 0.5:
-        return QUESTION_ARITH.format(x, sym, y), str(z)
-    claim = z if rng.random() < 0.5 else z + rng.choice((-2, -1, 1, 1, 2))
-    return QUESTION_CLAIM.format(f"{x} {sym} {y} = {claim}."), "true" if claim == z else "false"
-
-
-def inventory(scene: dict) -> tuple[str, str]:
-    """Every quantity of an image at once, each number right after its name: "red 2, blue 1, green 0, yellow 3,
-    total 6" (shapes, colours in a fixed order) or "green 3, red 5, blue 1" (bars, left to right)."""
-    values = scene_values(scene)
-    if scene["kind"] == "shapes":
-        return QUESTION_INVENTORY_SHAPES, ", ".join(f"{k} {values[k]}" for k in (*COLORS, "total"))
-    return QUESTION_INVENTORY_BARS, ", ".join(f"{b['color']} {b['value']}" for b in scene["bars"])
-
-
-def one_colour_scene(rng: random.Random) -> tuple[dict, str]:
-    """A scene drawn in a single colour (1-6 shapes, or 3 bars), and that colour's name."""
-    color = rng.choice(list(COLORS))
-    if rng.random() < 0.5:
-        cells = rng.sample(range(GRID * GRID), rng.randint(1, 6))
-        objects = [
-            {"shape": rng.choice(SHAPES), "color": color, "row": k // GRID, "col": k % GRID, "dx": 0.0, "dy": 0.0}
-            for k in cells
-        ]
-        return {"kind": "shapes", "objects": objects}, color
-    return {"kind": "bars", "bars": [{"color": color, "value": rng.randint(1, MAX_BAR)} for _ in range(3)]}, color
-
-
-def _claim(kind: str, key: str, v: int, p_true: float, rng: random.Random) -> tuple[str, bool]:
-    """A claim about one quantity in the task's own words, true with probability p_true (else a near miss)."""
-    lo, hi = (1, MAX_BAR) if kind == "bars" else (0, 9)
-    claim = v if rng.random() < p_true else _near_miss(v, lo, hi, rng)
-    return see_text(kind, key, claim), claim == v
-
-
-def scene_turns(scene: dict, rng: random.Random) -> list[tuple[str, str]]:
-    """(question, answer) turns about one image of the task, then one or two arithmetic turns: the inventory of
-    every quantity (a quarter of the sequences), or 1-4 turns each about quantities not asked before (so no
-    answer can be copied from an earlier turn): a count question, a true-or-false claim, or two claims that are
-    true together only if both are."""
-    kind, values = scene["kind"], scene_values(scene)
-    turns: list[tuple[str, str]] = []
-    if rng.random() < 0.25:
-        turns.append(inventory(scene))
-    else:
-        keys = list(values)
-        rng.shuffle(keys)
-        while keys and len(turns) < 4:
-            r = rng.random()
-            if r < 0.35:
-                key = keys.pop()
-                if kind == "bars":
-                    q = QUESTION_BAR.format(key)
-                else:
-                    q = QUESTION_TOTAL if key == "total" else QUESTION_COUNT.format(key)
-                turns.append((q, str(values[key])))
-            elif r < 0.8 or len(keys) < 2:
-                text, ok = _claim(kind, (key := keys.pop()), values[key], 0.5, rng)
-                turns.append((QUESTION_CLAIM.format(text), "true" if ok else "false"))
-            else:
-                (t1, ok1), (t2, ok2) = (_claim(kind, (k := keys.pop()), values[k], 0.7, rng) for _ in range(2))
-                turns.append((QUESTION_CLAIM.format(f"{t1} {t2}"), "true" if ok1 and ok2 else "false"))
-            if rng.random() < 0.3:
-                break
-    for _ in range(1 + (rng.random() < 0.5)):
-        turns.append(_arith_turn(rng))
-    return turns
-
-
-def pretrain_example(rng: random.Random, image_size: int = RENDER_SIZE) -> tuple:
-    """(image, turns) of one pre-training sequence. One in five: a one-colour image and "What colour are the
-    shapes?" (it ties the colour words to what they look like; without it the model never learns to find a
-    colour it is asked about). Otherwise a scene drawn as the synthetic task draws them, with `scene_turns`."""
-    if rng.random() < 0.2:
-        scene, color = one_colour_scene(rng)
-        return render_scene(scene, image_size), [(QUESTION_COLOUR.format(scene["kind"]), color)]
-    scene = sample_problem(rng)["scene"]
-    return render_scene(scene, image_size), scene_turns(scene, rng)
-
-
-def check_example(rng: random.Random, image_size: int = RENDER_SIZE) -> tuple:
-    """(image, turns) of one sequence of the second phase, which teaches checking what the first taught seeing:
-    1-3 turns about one image, each a true-or-false claim in the task's words (seven in ten, half of them false)
-    or a count / bar question, then an arithmetic turn one time in two; one sequence in ten is a one-colour image
-    and "What colour are the shapes?". A model that can count does not yet compare a count with a claimed number:
-    after the first phase, claims were answered at chance (56%) while counts were right 99% of the time. Half of
-    the claims come bare ("There are 3 red shapes." -> "false"), without "True or false:", as the steps of a
-    PRM conversation come."""
-    if rng.random() < 0.1:
-        scene, color = one_colour_scene(rng)
-        return render_scene(scene, image_size), [(QUESTION_COLOUR.format(scene["kind"]), color)]
-    scene = sample_problem(rng)["scene"]
-    kind, values = scene["kind"], scene_values(scene)
-    keys = list(values)
-    rng.shuffle(keys)
-    turns: list[tuple[str, str]] = []
-    for key in keys[: rng.randint(1, 3)]:
-        if rng.random() < 0.3:
-            q = QUESTION_BAR.format(key) if kind == "bars" else QUESTION_TOTAL if key == "total" else None
-            turns.append((q or QUESTION_COUNT.format(key), str(values[key])))
-        else:
-            text, ok = _claim(kind, key, values[key], 0.5, rng)
-            turns.append((QUESTION_CLAIM.format(text), "true" if ok else "false"))
-    if rng.random() < 0.5:
-        turns.append(_arith_turn(rng))
-    prefix = QUESTION_CLAIM.format("")
-    turns = [(q.removeprefix(prefix), a) if q.startswith(prefix) and rng.random() < 0.5 else (q, a) for q, a in turns]
-    return render_scene(scene, image_size), turns
-
-
-def encode_turns(processor, image, turns: list[tuple[str, str]]):
+def encode_turns(processor, image, turns: list[tuple[str, str]], shown: list[str] | None = None):
     """Encode one sequence; returns (model.Encoded whose label_positions are every answer token and the
-    end-of-turn token after it)."""
+    end-of-turn token after it). `shown`: put these in the assistant turns instead of the answers (each the
+    same number of tokens as its answer; `answer_targets` then gives the answers' token ids)."""
     from .model import SENTINEL, Encoded, render_with_labels
 
     messages = []
     for i, (q, _) in enumerate(turns):
         content = ([{"type": "image"}] if i == 0 else []) + [{"type": "text", "text": q}]
         messages += [{"role": "user", "content": content}, {"role": "assistant", "content": SENTINEL}]
-    answers = [a for _, a in turns]
+    answers = list(shown) if shown is not None else [a for _, a in turns]
     text, offsets = render_with_labels(processor, messages, answers)
     tok = processor.tokenizer
     plain = tok(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -369,15 +250,28 @@ def encode_turns(processor, image, turns: list[tuple[str, str]]):
     return Encoded(inputs=inputs, label_positions=positions)
 
 
-def answer_loss(model, batch: dict, positions: list[list[int]]):
-    """(mean cross-entropy over answer tokens, number correct, number of tokens); logits read one position before."""
+def encode_example(processor, example: tuple):
+    """(Encoded, target token ids at its label positions) of one `(image, turns[, shown])` example: the answers'
+    tokens, also where the input shows `shown` in their place."""
+    image, turns = example[0], example[1]
+    shown = example[2] if len(example) > 2 else None
+    enc = encode_turns(processor, image, turns, shown)
+    truth = enc if shown is None else encode_turns(processor, image, turns)
+    if truth.label_positions != enc.label_positions:
+        raise ValueError("a shown answer is not as many tokens as its answer")
+    return enc, truth.inputs["input_ids"][0, truth.label_positions].tolist()
+
+
+def answer_loss(model, batch: dict, positions: list[list[int]], targets: list[list[int]] | None = None):
+    """(mean cross-entropy over answer tokens, number correct, number of tokens); logits read one position before.
+    `targets`: the token ids to predict per item (default: the input's tokens at the positions)."""
     import torch
 
     out = model.model(**batch, use_cache=False).last_hidden_state
     b = torch.tensor([i for i, ps in enumerate(positions) for _ in ps])
     t = torch.tensor([p for ps in positions for p in ps])
     logits = model.lm_head(out[b, t - 1])
-    target = batch["input_ids"][b, t]
+    target = batch["input_ids"][b, t] if targets is None else torch.tensor([x for ts in targets for x in ts])
     loss = torch.nn.functional.cross_entropy(logits.float(), target)
     return loss, int((logits.argmax(-1) == target).sum()), len(t)
 
@@ -388,7 +282,8 @@ def answer_loss(model, batch: dict, positions: list[list[int]]):
 
 def evaluate_perception(model, processor, n: int = 300, seed: int = 0, image_size: int = RENDER_SIZE) -> dict:
     """Exact-answer accuracy (teacher-forced greedy) on `n` held-out images per question kind: shape counts
-    (every colour, zeros included, and the total), bar values, true/false claims, arithmetic."""
+    (every colour, zeros included, and the total), bar values, true/false claims, arithmetic, and chains of
+    statements (`chain`: every "is everything so far true?" answer of a sequence right)."""
     import torch
 
     from .model import collate
@@ -412,6 +307,13 @@ def evaluate_perception(model, processor, n: int = 300, seed: int = 0, image_siz
         q = QUESTION_CLAIM.format(see_text(scene["kind"], key, claim))
         groups["claim"].append((image, [(q, "true" if claim == v else "false")]))
         groups["arith"].append((image, [_arith_turn(rng)]))
+    chain_rng = random.Random(f"base-model-eval-chain:{seed}")  # its own stream: the groups above stay as they were
+    groups["chain"] = []
+    for _ in range(n):
+        scene = sample_problem(chain_rng)["scene"]
+        turns = [(t, a) for t, a, _ in chain_turns(scene, chain_rng)]
+        turns[0] = (f"{QUESTION_CHAIN}\n{turns[0][0]}", turns[0][1])
+        groups["chain"].append((render_scene(scene, image_size), turns, [CHAIN_PLACEHOLDER] * len(turns)))
     pad = processor.tokenizer.pad_token_id
     was_training = model.training
     model.eval()
@@ -420,13 +322,13 @@ def evaluate_perception(model, processor, n: int = 300, seed: int = 0, image_siz
         for name, items in groups.items():
             right = 0
             for i in range(0, len(items), 32):
-                enc = [encode_turns(processor, im, t) for im, t in items[i : i + 32]]
-                batch, _ = collate(enc, pad)
+                pairs = [encode_example(processor, item) for item in items[i : i + 32]]
+                batch, _ = collate([e for e, _ in pairs], pad)
                 hidden = model.model(**batch, use_cache=False).last_hidden_state
-                for j, e in enumerate(enc):
+                for j, (e, targets) in enumerate(pairs):
                     ps = torch.tensor(e.label_positions[:-1])  # the answer tokens, not <|im_end|>
                     pred = model.lm_head(hidden[j, ps - 1]).argmax(-1)
-                    right += bool((pred == batch["input_ids"][j, ps]).all())
+                    right += bool((pred == torch.tensor(targets[:-1])).all())
             out[name] = round(right / max(1, len(items)), 4)
             out[f"{name}_n"] = len(items)
     model.train(was_training)
@@ -446,6 +348,8 @@ def make_base_model(
     warmup: int = 100,
     check_steps: int = 1200,
     check_lr: float = 1e-3,
+    chain_steps: int = 0,
+    chain_lr: float = 5e-4,
     init: str | os.PathLike | None = None,
     minutes: float | None = None,
     device: str | None = None,
@@ -456,16 +360,22 @@ def make_base_model(
 ) -> dict:
     """Pre-train the base model and save it (float16 weights) with its tokenizer, processor and INFO_FILE.
 
-    Two phases with one optimizer: `steps` steps of `pretrain_example` (seeing: warmup, then cosine from `lr` to
-    lr/10), then `check_steps` steps of `check_example` (checking claims: 50 steps of warmup to `check_lr`, then
-    cosine to check_lr/10). `init`: start from that base model's weights and tokenizer instead of building one
-    from the seed (to run the phases as two commands; `steps` may then be 0)."""
+    Up to three phases with one optimizer: `steps` steps of `pretrain_example` (seeing: warmup, then cosine from
+    `lr` to lr/10), then `check_steps` steps of `check_example` (checking claims: 50 steps of warmup to
+    `check_lr`, then cosine to check_lr/10), then `chain_steps` steps of `chain_example` (following a chain of
+    statements: likewise with `chain_lr`). `init`: start from that base model's weights and tokenizer instead of
+    building one from the seed (to run the phases as separate commands; `steps` may then be 0)."""
     import torch
 
     from .model import collate
 
-    if steps < (0 if init else 1) or batch_size < 1 or check_steps < 0 or steps + check_steps < 1:
-        raise InputError("--steps (unless --init) and --batch-size must be >= 1, --check-steps >= 0", field="steps")
+    if steps < (0 if init else 1) or batch_size < 1 or min(check_steps, chain_steps) < 0:
+        raise InputError(
+            "--steps (unless --init) and --batch-size must be >= 1, --check-steps and --chain-steps >= 0",
+            field="steps",
+        )
+    if steps + check_steps + chain_steps < 1:
+        raise InputError("nothing to do: --steps, --check-steps and --chain-steps are all 0", field="steps")
     if threads:
         torch.set_num_threads(threads)
     t0 = time.time()
@@ -479,7 +389,8 @@ def make_base_model(
     model.to(dev).train()
     n_params = sum(p.numel() for p in model.parameters())
     print(
-        f"base model: Qwen2-VL, {n_params / 1e6:.2f}M parameters, {steps} + {check_steps} steps x {batch_size}",
+        f"base model: Qwen2-VL, {n_params / 1e6:.2f}M parameters, {steps} + {check_steps} + {chain_steps} steps"
+        f" x {batch_size}",
         file=sys.stderr,
     )
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -489,7 +400,12 @@ def make_base_model(
     )
 
     def lr_at(step: int) -> float:
-        peak, start, n, warm = (lr, 0, steps, warmup) if step < steps else (check_lr, steps, check_steps, 50)
+        if step < steps:
+            peak, start, n, warm = lr, 0, steps, warmup
+        elif step < steps + check_steps:
+            peak, start, n, warm = check_lr, steps, check_steps, 50
+        else:
+            peak, start, n, warm = chain_lr, steps + check_steps, chain_steps, 50
         k = step - start
         if k < warm:
             return peak * (k + 1) / warm
@@ -498,19 +414,19 @@ def make_base_model(
 
     pad = processor.tokenizer.pad_token_id
     log, run_loss, run_right, run_n, done = [], 0.0, 0, 0, 0
-    total = steps + check_steps
+    total = steps + check_steps + chain_steps
     for step in range(total):
         if minutes is not None and time.time() - t0 > 60 * minutes:
             print(f"stopping at step {step}: --minutes {minutes} reached", file=sys.stderr)
             break
         rng = random.Random(f"base-model:{seed}:{step}")
-        example = pretrain_example if step < steps else check_example
-        enc = [encode_turns(processor, *example(rng)) for _ in range(batch_size)]
-        batch, positions = collate(enc, pad)
+        example = pretrain_example if step < steps else check_example if step < steps + check_steps else chain_example
+        pairs = [encode_example(processor, example(rng)) for _ in range(batch_size)]
+        batch, positions = collate([e for e, _ in pairs], pad)
         batch = {k: v.to(dev) for k, v in batch.items()}
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        loss, right, n = answer_loss(model, batch, positions)
+        loss, right, n = answer_loss(model, batch, positions, [t for _, t in pairs])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -533,7 +449,9 @@ def make_base_model(
     perception = evaluate_perception(reloaded, processor, n=eval_images) if eval_images else {}
     info = {
         "command": f"visualprm make-base-model OUT --seed {seed} --steps {steps} --batch-size {batch_size} --lr {lr}"
-        f" --check-steps {check_steps} --check-lr {check_lr}" + (f" --init {init}" if init else ""),
+        f" --check-steps {check_steps} --check-lr {check_lr}"
+        + (f" --chain-steps {chain_steps} --chain-lr {chain_lr}" if chain_steps else "")
+        + (f" --init {init}" if init else ""),
         "arch": "qwen2_vl",
         "parameters": n_params,
         "seed": seed,
@@ -542,7 +460,10 @@ def make_base_model(
         "lr": lr,
         "check_steps": check_steps,
         "check_lr": check_lr,
+        "chain_steps": chain_steps,
+        "chain_lr": chain_lr,
         "init": str(init) if init else None,
+        "init_info": _lineage(init),
         "image_size": IMAGE_SIZE,
         "train_seconds": round(train_seconds, 1),
         "device": str(dev),
@@ -553,6 +474,17 @@ def make_base_model(
     write_json(staged / INFO_FILE, info)
     _swap_in(staged, out)  # OUT appears whole, with its INFO_FILE, or not at all
     print(f"saved {out} ({train_seconds / 60:.1f} min); held-out accuracy: {json.dumps(perception)}")
+    return info
+
+
+def _lineage(init) -> dict | None:
+    """The INFO_FILE of the model that `init` names, without its training log (so the shipped model records
+    every phase that made it, one command each)."""
+    f = Path(init) / INFO_FILE if init else None
+    if f is None or not f.is_file():
+        return None
+    info = json.loads(f.read_text())
+    info.pop("log", None)
     return info
 
 

@@ -154,6 +154,8 @@ def _cmd_make_base_model(a: argparse.Namespace) -> int:
         lr=a.lr,
         check_steps=a.check_steps,
         check_lr=a.check_lr,
+        chain_steps=a.chain_steps,
+        chain_lr=a.chain_lr,
         minutes=a.minutes,
         device=a.device,
         checkpoint_every=a.checkpoint_every,
@@ -330,7 +332,8 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.description = (
         "Pre-train the 2M-parameter Qwen2-VL base model that the demo fine-tunes into a PRM: phase 1 teaches it "
-        "to read the synthetic images (counts, bar values, descriptions), phase 2 to check claims about them. "
+        "to read the synthetic images (counts, bar values, descriptions), phase 2 to check claims about them, phase 3 "
+        "(--chain-steps) to check a running list of statements. "
         "Seeded; the shipped model was built with the defaults."
     )
     p.add_argument("out", help="output folder (the shipped one is src/visualprm/assets/base-model)")
@@ -345,6 +348,14 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
         "--init", default=None, help="start from this base model, not random weights (with --steps 0: phase 2 only)"
     )
     p.add_argument("--check-lr", type=opt.POSITIVE, default=1e-3, help="peak learning rate of the second phase")
+    p.add_argument(
+        "--chain-steps",
+        type=opt.NONNEG_INT,
+        default=0,
+        help="steps of the third phase, following a chain of statements (0: none; the shipped model ran it from "
+        "--init)",
+    )
+    p.add_argument("--chain-lr", type=opt.POSITIVE, default=5e-4, help="peak learning rate of the third phase")
     p.add_argument(
         "--checkpoint-every",
         type=opt.NONNEG_INT,

@@ -36,7 +36,17 @@ Departures from the paper, each measured on this task:
   `-`, its full-vocabulary loss starts near 20 nats, and the large early updates wiped out what it could see
   (the PRM came out exactly as good as the text-only reference);
 - lr 1e-4 and several epochs (the paper's 1e-5 and one epoch are for an 8B model on 400K conversations; 1e-3
-  also wiped out the base model's perception);
+  also wiped out the base model's perception; 3e-4 trained slower than 1e-4, and 2e-4 was no better);
+- training shows `+` in every earlier assistant turn, as scoring does (`train --context-labels placeholder`),
+  not the true labels (teacher forcing, the paper's): with the true labels in the input the PRM learnt "after a
+  `-`, predict `-`", which scoring never offers (seed 101, 100 held-out problems, a base model whose phase 3 also
+  showed its answers: 89% training label accuracy, 58% on the same conversations scored as `score` scores them;
+  step macro-F1 0.554, against 0.749 trained with placeholders);
+- the base model was pre-trained to check a running list of statements, its input too holding a placeholder in
+  every answer turn (basemodel.py, phase 3). Seed 101, 500 held-out problems, step macro-F1: two-phase base
+  0.708 (the PRM judged each step on its own: a correct calculation was called correct 1% of the time, a true
+  claim after a misread correct 54%); phase 3 with its answers in the input 0.728; phase 3 with placeholders
+  (its step-500 checkpoint) 0.874;
 - the held-out candidates are sampled at the policy's one temperature (the synthetic policy has no greedy
   mode, so pass@1 is its first sample).
 
@@ -53,20 +63,22 @@ from pathlib import Path
 
 from .schema import InputError, read_jsonl, write_json, write_jsonl
 
-# Sizes of a run. `default`: <= 10 minutes on a 2-core CPU; `quick`: <= 3 minutes (CI). Training is what costs;
-# held-out scoring is cheap, so `quick` keeps 200 held-out problems: on 40, its image gap moved by up to 0.05
-# between thread counts and CPUs, more than tests/test_demo.py's margin; on 200, by 0.01
-# (benchmarks/demo_spread.py).
+# Sizes of a run. `default`: <= 10 minutes on a 2-core CPU (424-445 s, two at once); `quick`: <= 3 minutes (CI).
+# Training is what costs; held-out scoring is cheap (500 problems x 8: about 100 s), so both evaluate on many
+# problems: a Best-of-8 figure on 100 problems has a standard error of 5 points, the size of the margins it is
+# read for (2 on 500), and on 40 the quick run's image gap moved by 0.05 between thread counts and CPUs
+# (benchmarks/demo_spread.py, benchmarks/demo_seeds.py).
 _DEFAULT = dict(
     train_problems=600,
     solutions=4,
     rollouts=8,
     threshold=0.25,
     label_loss="labels",
+    context_labels="placeholder",
     epochs=3.0,
     lr=1e-4,
     batch_size=8,
-    heldout_problems=100,
+    heldout_problems=500,
     candidates=8,
     torch_threads=1,  # training and scoring: 1 is fastest for this model on a small CPU (figures move a little)
 )
@@ -243,7 +255,7 @@ def run_demo(
 
     prm = d / "prm"
     opts = dict(epochs=size["epochs"], lr=size["lr"], batch_size=size["batch_size"], seed=seed)
-    opts["label_loss"] = size["label_loss"]
+    opts["label_loss"], opts["context_labels"] = size["label_loss"], size["context_labels"]
     cfg = TrainConfig(
         data=str(data),
         model=base,
@@ -259,7 +271,8 @@ def run_demo(
         "train",
         [vp, "train", "--data", str(data), "--model", base, "--out", str(prm), "--eval-split", "0"]
         + ["--epochs", str(opts["epochs"]), "--lr", str(opts["lr"]), "--batch-size", str(opts["batch_size"])]
-        + ["--seed", str(seed), "--label-loss", opts["label_loss"], "--torch-threads", str(size["torch_threads"])]
+        + ["--seed", str(seed), "--label-loss", opts["label_loss"], "--context-labels", opts["context_labels"]]
+        + ["--torch-threads", str(size["torch_threads"])]
         + ["--overwrite"],
     )
     trained = train(cfg)

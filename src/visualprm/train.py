@@ -94,6 +94,12 @@ class TrainConfig:
         "(labels: what the scorer reads; for a base model that has never written a label token)",
         choices=("vocab", "labels"),
     )
+    context_labels: str = _f(
+        "labels",
+        "what the assistant turns before a label show in training: labels (the true ones, teacher forcing, as the "
+        "paper) or placeholder (the `+` that scoring puts in every turn, so training sees what scoring sees)",
+        choices=("labels", "placeholder"),
+    )
     epochs: float = _f(1.0, "training epochs", type=opt.POSITIVE)
     max_steps: int = _f(-1, "stop after this many optimizer steps (-1: epochs decide)")
     lr: float = _f(1e-5, "peak learning rate (0: no update, e.g. to re-save a model)", type=opt.NONNEG)
@@ -136,6 +142,7 @@ class TrainConfig:
 CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 # Settings that must match for a re-run to resume the checkpoints in OUT.
 RUN_KEYS = ("data", "model", "eval_data", "eval_split", "label_mode", "soft_labels", "train_eot", "label_loss")
+RUN_KEYS += ("context_labels",)
 RUN_KEYS += ("epochs", "max_steps", "lr", "weight_decay", "warmup_ratio", "lr_scheduler", "batch_size", "grad_accum")
 RUN_KEYS += ("max_length", "full", "freeze_llm", "lora", "lora_r", "lora_alpha", "lora_target", "seed", "limit")
 
@@ -181,6 +188,8 @@ def load_config(yaml_path: str | None, overrides: dict[str, Any]) -> TrainConfig
         raise InputError("expected auto, value or advantage", field="label_mode")
     if cfg.label_loss not in ("vocab", "labels"):
         raise InputError("expected vocab or labels", field="label_loss")
+    if cfg.context_labels not in ("labels", "placeholder"):
+        raise InputError("expected labels or placeholder", field="context_labels")
     if not 0.0 <= cfg.eval_split < 1.0:
         raise InputError("expected a fraction in [0, 1)", field="eval_split")
     if cfg.batch_size < 1 or cfg.grad_accum < 1:
@@ -285,7 +294,8 @@ def train(cfg: TrainConfig) -> dict:
     placeholder = labels[0]
 
     def enc_train(ex):
-        return encode_example(processor, ex, label_ids, None, cfg.max_length, cfg.train_eot)
+        shown = placeholder if cfg.context_labels == "placeholder" else None  # None: the true labels
+        return encode_example(processor, ex, label_ids, shown, cfg.max_length, cfg.train_eot)
 
     def enc_eval(ex):
         return encode_example(processor, ex, label_ids, placeholder, cfg.max_length)
