@@ -50,7 +50,7 @@ def figures(d: Path) -> dict:
         row[name] = round(v * scale, 3 if scale == 1 and name != "seconds" else 1)
     curve = res["bon"]["curve"]
     row["curve_prm_mean"] = [round(100 * v, 1) for v in curve.get("prm_mean", [])]
-    row["curve_majority"] = [round(100 * v, 1) for v in curve.get("majority_vote", curve.get("majority", []))]
+    row["curve_majority"] = [round(100 * v, 1) for v in curve.get("majority_vote", [])]
     return row
 
 

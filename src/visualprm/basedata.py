@@ -81,9 +81,14 @@ def one_colour_scene(rng: random.Random) -> tuple[dict, str]:
 
 def _claim(kind: str, key: str, v: int, p_true: float, rng: random.Random) -> tuple[str, bool]:
     """A claim about one quantity in the task's own words, true with probability p_true (else a near miss)."""
-    lo, hi = (1, MAX_BAR) if kind == "bars" else (0, 9)
-    claim = v if rng.random() < p_true else _near_miss(v, lo, hi, rng)
+    claim = _claimed_value(kind, v, p_true, rng)
     return see_text(kind, key, claim), claim == v
+
+
+def _claimed_value(kind: str, v: int, p_true: float, rng: random.Random) -> int:
+    """v with probability p_true, else a near miss in the kind's range."""
+    lo, hi = (1, MAX_BAR) if kind == "bars" else (0, 9)
+    return v if rng.random() < p_true else _near_miss(v, lo, hi, rng)
 
 
 def scene_turns(scene: dict, rng: random.Random) -> list[tuple[str, str]]:
@@ -180,8 +185,7 @@ def chain_turns(scene: dict, rng: random.Random) -> list[tuple[str, str, bool]]:
     for _ in range(rng.randint(2, 6)):
         if keys and (len(stated) < 1 or rng.random() < 0.55):
             key = keys.pop()
-            lo, hi = (1, MAX_BAR) if kind == "bars" else (0, 9)
-            n = values[key] if rng.random() < 0.7 else _near_miss(values[key], lo, hi, rng)
+            n = _claimed_value(kind, values[key], 0.7, rng)
             text, ok = see_text(kind, key, n), n == values[key]
             stated.append(n)
         elif stated:
@@ -211,6 +215,12 @@ def chain_example(rng: random.Random, image_size: int = RENDER_SIZE) -> tuple:
     if rng.random() < CHAIN_CHECK_SHARE:
         return (*check_example(rng, image_size), None)
     scene = sample_problem(rng)["scene"]
+    return (render_scene(scene, image_size), *chain_sequence(scene, rng))
+
+
+def chain_sequence(scene: dict, rng: random.Random) -> tuple[list[tuple[str, str]], list[str]]:
+    """(turns, shown) of a chain about one scene: `chain_turns` with `QUESTION_CHAIN` before the first statement,
+    and `CHAIN_PLACEHOLDER` for every assistant turn of the input."""
     turns = [(text, answer) for text, answer, _ in chain_turns(scene, rng)]
     turns[0] = (f"{QUESTION_CHAIN}\n{turns[0][0]}", turns[0][1])
-    return render_scene(scene, image_size), turns, [CHAIN_PLACEHOLDER] * len(turns)
+    return turns, [CHAIN_PLACEHOLDER] * len(turns)

@@ -63,9 +63,11 @@ from .basedata import (  # noqa: F401  (the pre-training data, re-exported: base
     QUESTION_INVENTORY_BARS,
     QUESTION_INVENTORY_SHAPES,
     QUESTION_TOTAL,
+    RENDER_SIZE,
     _arith_turn,
     _near_miss,
     chain_example,
+    chain_sequence,
     chain_turns,
     check_example,
     inventory,
@@ -78,8 +80,7 @@ from .synthetic import COLORS, MAX_BAR, describe_scene, render_scene, sample_pro
 # Architecture (flat constants; `build_base` takes them as arguments)
 HIDDEN, LAYERS, HEADS, KV_HEADS, FFN = 128, 4, 4, 2, 512
 VISION_DIM, VISION_DEPTH, VISION_HEADS, PATCH = 128, 4, 4, 14
-IMAGE_SIZE, VOCAB = 84, 1024
-RENDER_SIZE = 112  # basedata.RENDER_SIZE: images are drawn at this size, the processor resizes them
+IMAGE_SIZE, VOCAB = 84, 1024  # images are drawn at basedata.RENDER_SIZE; the processor resizes them to IMAGE_SIZE
 INFO_FILE = "base_model.json"  # how the shipped model was built, and its measured perception
 
 
@@ -311,9 +312,7 @@ def evaluate_perception(model, processor, n: int = 300, seed: int = 0, image_siz
     groups["chain"] = []
     for _ in range(n):
         scene = sample_problem(chain_rng)["scene"]
-        turns = [(t, a) for t, a, _ in chain_turns(scene, chain_rng)]
-        turns[0] = (f"{QUESTION_CHAIN}\n{turns[0][0]}", turns[0][1])
-        groups["chain"].append((render_scene(scene, image_size), turns, [CHAIN_PLACEHOLDER] * len(turns)))
+        groups["chain"].append((render_scene(scene, image_size), *chain_sequence(scene, chain_rng)))
     pad = processor.tokenizer.pad_token_id
     was_training = model.training
     model.eval()
