@@ -4,7 +4,9 @@ Reads a finished `visualprm demo --out DIR` and prints, for each (step type, pos
 first error, kind of that error), the number of steps, the accuracy of "correct iff score >= 0.5" against the
 synthetic ground truth, and how often the PRM called the step correct. Step types: `claim` (a reading of the
 image), `arith` (a calculation), `final` (the final answer); positions: `before` the first error (or no error),
-`first` (the first wrong step), `after` it.
+`first` (the first wrong step), `after` it. Then the wrong Best-of-8 (mean) picks by the first error of the
+picked candidate: a misread (`perception`), a wrong result (`wrong result`), an operand that is not the value
+claimed earlier (`misquoted operand`), or a final answer that does not repeat the last result (`final answer`).
 
     python benchmarks/demo_step_breakdown.py demo-out
 """
@@ -35,6 +37,33 @@ def breakdown(d: Path) -> dict:
     return tab
 
 
+def wrong_picks(d: Path) -> Counter:
+    """The wrong picks of Best-of-N by the PRM's mean, by the first error of the picked candidate."""
+    from visualprm.synthetic import step_error_kind
+
+    problems = {r["id"]: r for r in map(json.loads, (d / "heldout" / "problems.jsonl").read_text().splitlines())}
+    samples = {r["id"]: r for r in map(json.loads, (d / "bon" / "samples.jsonl").read_text().splitlines())}
+    out: Counter = Counter()
+    for pick in map(json.loads, (d / "bon" / "picks.jsonl").read_text().splitlines()):
+        if samples[pick["id"]]["correct"][pick["best"]]:
+            out["right"] += 1
+            continue
+        steps = pick["response"]
+        kinds = step_error_kind(problems[pick["id"]], steps)
+        first = next((i for i, k in enumerate(kinds) if k), None)
+        if first is None:
+            out["no wrong step"] += 1
+        elif kinds[first] == "perception":
+            out["perception"] += 1
+        elif steps[first].startswith("Final"):
+            out["final answer"] += 1
+        else:
+            x, sym, y, _, z = steps[first].rstrip(".").split()
+            right = {"+": int(x) + int(y), "-": int(x) - int(y), "×": int(x) * int(y)}[sym] == int(z)
+            out["misquoted operand" if right else "wrong result"] += 1
+    return out
+
+
 def main() -> None:
     d = Path(sys.argv[1] if len(sys.argv) > 1 else "demo-out")
     tab = breakdown(d)
@@ -45,6 +74,12 @@ def main() -> None:
         acc = (c[(True, True)] + c[(False, False)]) / n
         called = sum(v for (_, pred), v in c.items() if pred) / n
         print(f"{key[0]:6} {key[1]:6} {str(key[2]):12} {n:6d} {acc:9.3f} {called:15.3f}")
+    picks = wrong_picks(d)
+    print(
+        f"\nBest-of-8 (mean): {picks.pop('right', 0)} right picks; wrong picks by the picked candidate's first error:"
+    )
+    for kind, n in picks.most_common():
+        print(f"  {kind:18} {n:4d}")
 
 
 if __name__ == "__main__":

@@ -160,6 +160,78 @@ def test_make_base_model_third_phase_records_its_lineage(tmp_path):
     assert (tmp_path / "a" / "model.safetensors").read_bytes() != (tmp_path / "b" / "model.safetensors").read_bytes()
 
 
+def test_arith_claims_are_true_iff_their_arithmetic_is_and_wrong_ones_are_near_misses():
+    import random
+
+    from visualprm import basedata
+
+    rng = random.Random(0)
+    claims = [basedata.arith_claim(rng) for _ in range(2000)]
+    for text, answer in claims:
+        x, sym, y, eq, z = text.rstrip(".").split()
+        right = {"+": int(x) + int(y), "-": int(x) - int(y), "×": int(x) * int(y)}[sym]
+        assert eq == "=" and int(z) >= 0 and answer == ("true" if int(z) == right else "false")
+        assert int(z) == right or 1 <= abs(int(z) - right) <= 2  # the scripted policy's wrong arithmetic
+        assert sym != "-" or int(x) >= int(y)
+    assert 0.45 < [a for _, a in claims].count("true") / len(claims) < 0.55
+    examples = [basedata.calc_example(random.Random(i)) for i in range(200)]
+    bare = [t for _, t, shown in examples if shown is None and all(q[0].isdigit() for q, _ in t)]
+    chains = [(t, shown) for _, t, shown in examples if shown is not None]
+    assert 18 <= len(bare) <= 45 and 110 <= len(chains) <= 150  # 15% bare statements, 65% chains, 20% phase 2's
+    assert all(3 <= len(t) <= 6 and all(a in ("true", "false") and " = " in q for q, a in t) for t in bare)
+    assert all(shown == ["yes"] * len(t) and t[0][0].startswith(basedata.QUESTION_CHAIN + "\n") for t, shown in chains)
+
+
+def test_calc_turns_need_right_results_stated_operands_and_the_last_result_as_final_answer():
+    import random
+
+    from visualprm import basedata
+    from visualprm.synthetic import sample_problem, scene_values
+
+    rng = random.Random(0)
+    kinds, finals = {"misquote": 0, "result": 0, "final": 0}, []
+    for _ in range(400):
+        scene = sample_problem(rng)["scene"]
+        turns = basedata.calc_turns(scene, rng)
+        truths = [ok for _, _, ok in turns]
+        assert [a for _, a, _ in turns] == ["yes" if all(truths[: i + 1]) else "no" for i in range(len(turns))]
+        values, stated, last = scene_values(scene), [], None
+        for i, (text, _, ok) in enumerate(turns):
+            if text.startswith("Final answer: "):
+                assert i == len(turns) - 1 and last is not None and ok == (int(text.split()[-1]) == last)
+                kinds["final"] += not ok
+                if all(truths[:i]):
+                    finals.append(ok)
+            elif "=" in text:
+                x, sym, y, _, z = text.rstrip(".").split()
+                x, y, z = int(x), int(y), int(z)
+                right = {"+": x + y, "-": x - y, "×": x * y}[sym] == z
+                quoted = x in stated and (y in stated if sym != "×" else 2 <= y <= 4)
+                assert ok == (right and quoted), text
+                kinds["misquote"] += right and not quoted
+                kinds["result"] += not right
+                stated.append(z)
+                last = z
+            else:
+                n = int(text.split()[-1].rstrip(".")) if text.startswith("The ") else int(text.split()[2])
+                key = text.split()[1] if text.startswith("The ") else ("total" if "total" in text else text.split()[3])
+                assert ok == (values[key] == n)
+                stated.append(n)
+                last = None
+    assert min(kinds.values()) >= 15  # every kind of wrong calculation is common
+    assert len(finals) > 40 and 0.35 < sum(finals) / len(finals) < 0.65  # after a right chain: right as often as not
+
+
+def test_make_base_model_fourth_phase_checks_calculations(tmp_path):
+    a = basemodel.make_base_model(tmp_path / "a", seed=3, steps=2, batch_size=2, check_steps=0, eval_images=0)
+    b = basemodel.make_base_model(
+        tmp_path / "b", steps=0, check_steps=0, calc_steps=2, batch_size=2, init=tmp_path / "a", eval_images=4
+    )
+    assert b["steps_done"] == 2 and "--calc-steps 2 --calc-lr 0.0005" in b["command"]
+    assert b["calc_steps"] == 2 and b["init_info"]["command"] == a["command"]
+    assert b["perception_heldout"]["arith_check_n"] == 4 and b["perception_heldout"]["calc_n"] == 4
+
+
 def test_make_base_model_cli_bad_input(capsys):
     assert main(["make-base-model", "/tmp/x", "--steps", "0"]) == 2  # phase 1 needs steps unless --init
     assert "--steps" in capsys.readouterr().err

@@ -30,7 +30,9 @@ checking statements: mostly true/false claims about one image, half of them bare
 false:". A third phase (`chain_example`, basedata.py) teaches following a chain: a running list of claims and
 arithmetic on numbers stated earlier, each answered "yes" iff it and everything before it are true (after phase 2
 the demo's PRM judged every step on its own: a true claim after a misread was called correct, and no arithmetic
-step or final answer could be judged at all). The model never sees a PRM conversation, a solution, a question of
+step or final answer could be judged at all). An optional fourth phase (`calc_example`, `--calc-steps`) teaches
+checking calculations and final answers; the shipped model does not have it (1,000 steps did not teach it, see
+basedata.py). The model never sees a PRM conversation, a solution, a question of
 the task or a `+`/`-` label: turning it into a PRM is the demo's fine-tuning. Everything is
 drawn from the seed (data: one random stream per step; weights: `torch.manual_seed`), so a run on CPU with the
 same seed, steps and batch size gives the same model. `evaluate_perception` measures, on images from a separate
@@ -66,6 +68,9 @@ from .basedata import (  # noqa: F401  (the pre-training data, re-exported: base
     RENDER_SIZE,
     _arith_turn,
     _near_miss,
+    arith_claim,
+    calc_example,
+    calc_turns,
     chain_example,
     chain_sequence,
     chain_turns,
@@ -284,7 +289,8 @@ def answer_loss(model, batch: dict, positions: list[list[int]], targets: list[li
 def evaluate_perception(model, processor, n: int = 300, seed: int = 0, image_size: int = RENDER_SIZE) -> dict:
     """Exact-answer accuracy (teacher-forced greedy) on `n` held-out images per question kind: shape counts
     (every colour, zeros included, and the total), bar values, true/false claims, arithmetic, and chains of
-    statements (`chain`: every "is everything so far true?" answer of a sequence right)."""
+    statements (`chain`: every "is everything so far true?" answer of a sequence right), bare arithmetic
+    statements judged true or false (`arith_check`) and calculation chains (`calc`, every answer right)."""
     import torch
 
     from .model import collate
@@ -313,6 +319,18 @@ def evaluate_perception(model, processor, n: int = 300, seed: int = 0, image_siz
     for _ in range(n):
         scene = sample_problem(chain_rng)["scene"]
         groups["chain"].append((render_scene(scene, image_size), *chain_sequence(scene, chain_rng)))
+    arith_rng = random.Random(f"base-model-eval-arith:{seed}")  # likewise
+    groups["arith_check"] = []
+    for _ in range(n):
+        scene = sample_problem(arith_rng)["scene"]
+        groups["arith_check"].append((render_scene(scene, image_size), [arith_claim(arith_rng)]))
+    calc_rng = random.Random(f"base-model-eval-calc:{seed}")  # likewise
+    groups["calc"] = []
+    for _ in range(n):
+        scene = sample_problem(calc_rng)["scene"]
+        turns = [(t, a) for t, a, _ in calc_turns(scene, calc_rng)]
+        turns[0] = (f"{QUESTION_CHAIN}\n{turns[0][0]}", turns[0][1])
+        groups["calc"].append((render_scene(scene, image_size), turns, [CHAIN_PLACEHOLDER] * len(turns)))
     pad = processor.tokenizer.pad_token_id
     was_training = model.training
     model.eval()
@@ -349,6 +367,8 @@ def make_base_model(
     check_lr: float = 1e-3,
     chain_steps: int = 0,
     chain_lr: float = 5e-4,
+    calc_steps: int = 0,
+    calc_lr: float = 5e-4,
     init: str | os.PathLike | None = None,
     minutes: float | None = None,
     device: str | None = None,
@@ -362,19 +382,23 @@ def make_base_model(
     Up to three phases with one optimizer: `steps` steps of `pretrain_example` (seeing: warmup, then cosine from
     `lr` to lr/10), then `check_steps` steps of `check_example` (checking claims: 50 steps of warmup to
     `check_lr`, then cosine to check_lr/10), then `chain_steps` steps of `chain_example` (following a chain of
-    statements: likewise with `chain_lr`). `init`: start from that base model's weights and tokenizer instead of
+    statements: likewise with `chain_lr`), then `calc_steps` steps of `calc_example` (checking calculations:
+    likewise with `calc_lr`). `init`: start from that base model's weights and tokenizer instead of
     building one from the seed (to run the phases as separate commands; `steps` may then be 0)."""
     import torch
 
     from .model import collate
 
-    if steps < (0 if init else 1) or batch_size < 1 or min(check_steps, chain_steps) < 0:
+    if steps < (0 if init else 1) or batch_size < 1 or min(check_steps, chain_steps, calc_steps) < 0:
         raise InputError(
-            "--steps (unless --init) and --batch-size must be >= 1, --check-steps and --chain-steps >= 0",
+            "--steps (unless --init) and --batch-size must be >= 1, --check-steps, --chain-steps and --calc-steps"
+            " >= 0",
             field="steps",
         )
-    if steps + check_steps + chain_steps < 1:
-        raise InputError("nothing to do: --steps, --check-steps and --chain-steps are all 0", field="steps")
+    if steps + check_steps + chain_steps + calc_steps < 1:
+        raise InputError(
+            "nothing to do: --steps, --check-steps, --chain-steps and --calc-steps are all 0", field="steps"
+        )
     if threads:
         torch.set_num_threads(threads)
     t0 = time.time()
@@ -388,8 +412,8 @@ def make_base_model(
     model.to(dev).train()
     n_params = sum(p.numel() for p in model.parameters())
     print(
-        f"base model: Qwen2-VL, {n_params / 1e6:.2f}M parameters, {steps} + {check_steps} + {chain_steps} steps"
-        f" x {batch_size}",
+        f"base model: Qwen2-VL, {n_params / 1e6:.2f}M parameters,"
+        f" {steps} + {check_steps} + {chain_steps} + {calc_steps} steps x {batch_size}",
         file=sys.stderr,
     )
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -403,8 +427,10 @@ def make_base_model(
             peak, start, n, warm = lr, 0, steps, warmup
         elif step < steps + check_steps:
             peak, start, n, warm = check_lr, steps, check_steps, 50
-        else:
+        elif step < steps + check_steps + chain_steps:
             peak, start, n, warm = chain_lr, steps + check_steps, chain_steps, 50
+        else:
+            peak, start, n, warm = calc_lr, steps + check_steps + chain_steps, calc_steps, 50
         k = step - start
         if k < warm:
             return peak * (k + 1) / warm
@@ -413,13 +439,15 @@ def make_base_model(
 
     pad = processor.tokenizer.pad_token_id
     log, run_loss, run_right, run_n, done = [], 0.0, 0, 0, 0
-    total = steps + check_steps + chain_steps
+    total = steps + check_steps + chain_steps + calc_steps
+    bounds = [(steps, pretrain_example), (steps + check_steps, check_example)]
+    bounds.append((steps + check_steps + chain_steps, chain_example))
     for step in range(total):
         if minutes is not None and time.time() - t0 > 60 * minutes:
             print(f"stopping at step {step}: --minutes {minutes} reached", file=sys.stderr)
             break
         rng = random.Random(f"base-model:{seed}:{step}")
-        example = pretrain_example if step < steps else check_example if step < steps + check_steps else chain_example
+        example = next((f for end, f in bounds if step < end), calc_example)
         pairs = [encode_example(processor, example(rng)) for _ in range(batch_size)]
         batch, positions = collate([e for e, _ in pairs], pad)
         batch = {k: v.to(dev) for k, v in batch.items()}
@@ -450,6 +478,7 @@ def make_base_model(
         "command": f"visualprm make-base-model OUT --seed {seed} --steps {steps} --batch-size {batch_size} --lr {lr}"
         f" --check-steps {check_steps} --check-lr {check_lr}"
         + (f" --chain-steps {chain_steps} --chain-lr {chain_lr}" if chain_steps else "")
+        + (f" --calc-steps {calc_steps} --calc-lr {calc_lr}" if calc_steps else "")
         + (f" --init {init}" if init else ""),
         "arch": "qwen2_vl",
         "parameters": n_params,
@@ -461,6 +490,8 @@ def make_base_model(
         "check_lr": check_lr,
         "chain_steps": chain_steps,
         "chain_lr": chain_lr,
+        "calc_steps": calc_steps,
+        "calc_lr": calc_lr,
         "init": str(init) if init else None,
         "init_info": _lineage(init),
         "image_size": IMAGE_SIZE,

@@ -156,6 +156,8 @@ def _cmd_make_base_model(a: argparse.Namespace) -> int:
         check_lr=a.check_lr,
         chain_steps=a.chain_steps,
         chain_lr=a.chain_lr,
+        calc_steps=a.calc_steps,
+        calc_lr=a.calc_lr,
         minutes=a.minutes,
         device=a.device,
         checkpoint_every=a.checkpoint_every,
@@ -333,7 +335,8 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.description = (
         "Pre-train the 2M-parameter Qwen2-VL base model that the demo fine-tunes into a PRM: phase 1 teaches it "
         "to read the synthetic images (counts, bar values, descriptions), phase 2 to check claims about them, phase 3 "
-        "(--chain-steps) to check a running list of statements. "
+        "(--chain-steps) to check a running list of statements, phase 4 (--calc-steps) to check calculations and "
+        "final answers. "
         "Seeded; the shipped model was built with the defaults."
     )
     p.add_argument("out", help="output folder (the shipped one is src/visualprm/assets/base-model)")
@@ -356,6 +359,14 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
         "--init)",
     )
     p.add_argument("--chain-lr", type=opt.POSITIVE, default=5e-4, help="peak learning rate of the third phase")
+    p.add_argument(
+        "--calc-steps",
+        type=opt.NONNEG_INT,
+        default=0,
+        help="steps of the fourth phase, checking calculations and final answers (0: none; the shipped model ran it "
+        "from --init)",
+    )
+    p.add_argument("--calc-lr", type=opt.POSITIVE, default=5e-4, help="peak learning rate of the fourth phase")
     p.add_argument(
         "--checkpoint-every",
         type=opt.NONNEG_INT,

@@ -75,6 +75,7 @@ _DEFAULT = dict(
     threshold=0.25,
     label_loss="labels",
     context_labels="placeholder",
+    train_policy="synthetic",  # writes the training solutions (the held-out candidates are always `synthetic`'s)
     epochs=3.0,
     lr=1e-4,
     batch_size=8,
@@ -224,12 +225,12 @@ def run_demo(
     sol, roll = str(size["solutions"]), str(size["rollouts"])
     st.start(
         "annotate (training problems)",
-        [vp, "annotate", "--problems", str(tr / "problems.jsonl"), "--policy", "synthetic", "--out", str(ann)]
+        [vp, "annotate", "--problems", str(tr / "problems.jsonl"), "--policy", size["train_policy"], "--out", str(ann)]
         + ["--solutions", sol, "--rollouts", roll, "--seed", str(seed)],
     )
     mc = annotate_file(
         str(tr / "problems.jsonl"),
-        "synthetic",
+        size["train_policy"],
         str(ann),
         solutions=size["solutions"],
         rollouts=size["rollouts"],
