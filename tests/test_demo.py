@@ -336,8 +336,9 @@ def test_demo_quick_prm_looks_at_the_image(quick_demo):
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="not met: the PRM cannot check arithmetic, so Best-of-8 by the mean beats majority voting by 0-5 points "
-    "(README: five seeds of the default run; --quick seed 0: 57.5 against 56.0)",
+    reason="not met: the PRM judges no reasoning step (calculations, quoted operands, final answers), so Best-of-8 by "
+    "the mean beats majority voting by -0.2 to +5.4 points (README: five seeds of the default run on two CPUs; "
+    "--quick seed 0: 57.5 against 56.0)",
 )
 def test_demo_quick_meets_the_best_of_n_targets(quick_demo):
     _, res, _ = quick_demo
