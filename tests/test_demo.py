@@ -61,8 +61,10 @@ def test_shipped_base_model_sees(processor):
     assert got["count"] >= 0.8 and got["total"] >= 0.8 and got["bar"] >= 0.8 and got["claim"] >= 0.85
     assert info["count"] >= 0.95 and info["bar"] >= 0.95 and info["claim"] >= 0.95
     full = json.loads((basemodel.shipped_path() / basemodel.INFO_FILE).read_text())
-    assert "--chain-steps 1000" in full["command"] and "--init see" in full["init_info"]["command"]  # 3 phases
-    assert info["chain"] >= 0.6  # every answer of a running list of statements right (phase 3; 0.68 recorded)
+    assert "--calc-steps 2500" in full["command"] and "--calc-steps 1000" in full["init_info"]["command"]  # phase 4
+    assert "--chain-steps 1000" in full["init_info"]["init_info"]["command"]  # phase 3, then phase 2 and 1
+    assert "--init see" in full["init_info"]["init_info"]["init_info"]["command"]
+    assert info["chain"] >= 0.7 and info["calc"] >= 0.7  # whole chains right (0.81 and 0.78 recorded)
 
 
 def test_make_base_model_runs_and_is_reproducible(tmp_path):
@@ -334,13 +336,11 @@ def test_demo_quick_prm_looks_at_the_image(quick_demo):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="not met: the PRM judges no reasoning step (calculations, quoted operands, final answers), so Best-of-8 by "
-    "the mean beats majority voting by -0.2 to +5.4 points (README: five seeds of the default run on two CPUs; "
-    "--quick seed 0: 57.5 against 56.0)",
-)
 def test_demo_quick_meets_the_best_of_n_targets(quick_demo):
+    """Best-of-8 by the PRM's mean beats majority voting by >= 5 points and pass@1 by >= 15. Measured at this size
+    (seed 0, 200 held-out problems, 2-core Intel Xeon VM, the base model with phase 4): PRM mean 64.0, majority
+    56.0, pass@1 43.0: margins of 3 and 6 points, against a spread of the default run's PRM mean of up to 1.4
+    points between an Intel Xeon and an AMD EPYC (same seeds, previous base model)."""
     _, res, _ = quick_demo
     b = res["bon"]
     assert b["prm_mean"] >= b["majority"] + 0.05

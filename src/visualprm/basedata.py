@@ -12,14 +12,12 @@ Four phases, each a function of a seeded `random.Random` that returns `(image, t
   whenever its arithmetic is, whichever earlier numbers it uses (which operands a solution's step must use is for
   the PRM to learn from its step labels). Three sequences in ten are `check_example`s, so phase 2 is not
   forgotten;
-- `calc_example` (phase 4, checking calculations; optional, not in the shipped model): bare arithmetic statements
-  in the task's range ("4 + 3 = 8." -> "false"), and calculation chains (`calc_turns`) in which a calculation
-  must also use numbers stated earlier and a closing "Final answer: N" must repeat the last result. Written
-  because the demo's PRM calls a first wrong calculation or final answer correct 80-97% of the time (phase 3
-  accepts any earlier number as an operand and has no final answer). Measured, 1,000 steps from the shipped
-  model (16 min, `--calc-lr 7e-4`): chains 68% -> 78%, but a first wrong calculation is called wrong 11% of the
-  time and a right final answer after a right chain right 12%; 1,500 more steps left them at 28% and 12%: this
-  2M-parameter model does not pick these comparisons up in 2,500 steps.
+- `calc_example` (phase 4, checking calculations): bare arithmetic statements in the task's range ("4 + 3 = 8."
+  -> "false"), and calculation chains (`calc_turns`) in which a calculation must also use numbers stated earlier
+  and a closing "Final answer: N" must repeat the last result. Written because the demo's PRM called a first
+  wrong calculation or final answer correct 82-97% of the time (phase 3 accepts any earlier number as an operand
+  and has no final answer). Slow to learn: a first wrong calculation answered "no" 11% of the time after 1,000
+  steps, 42% after 3,500 (the shipped model; README has the curve and what it did to the demo).
 
 This module draws data only: no model, no tokenizer, no training (basemodel.py).
 """

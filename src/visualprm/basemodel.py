@@ -30,9 +30,9 @@ checking statements: mostly true/false claims about one image, half of them bare
 false:". A third phase (`chain_example`, basedata.py) teaches following a chain: a running list of claims and
 arithmetic on numbers stated earlier, each answered "yes" iff it and everything before it are true (after phase 2
 the demo's PRM judged every step on its own: a true claim after a misread was called correct, and no arithmetic
-step or final answer could be judged at all). An optional fourth phase (`calc_example`, `--calc-steps`) teaches
-checking calculations and final answers; the shipped model does not have it (2,500 steps did not teach it, see
-basedata.py). The model never sees a PRM conversation, a solution, a question of
+step or final answer could be judged at all). A fourth phase (`calc_example`, `--calc-steps`) teaches
+checking calculations and final answers (the shipped model ran 3,500 steps of it, in two schedules). The
+model never sees a PRM conversation, a solution, a question of
 the task or a `+`/`-` label: turning it into a PRM is the demo's fine-tuning. Everything is
 drawn from the seed (data: one random stream per step; weights: `torch.manual_seed`), so a run on CPU with the
 same seed, steps and batch size gives the same model. `evaluate_perception` measures, on images from a separate
