@@ -48,7 +48,9 @@ def _near_miss(v: int, lo: int, hi: int, rng: random.Random) -> int:
     return rng.choices(cands, weights)[0]
 
 
-def _arith_turn(rng: random.Random) -> tuple[str, str]:
+def _arith_fact(rng: random.Random) -> tuple[int, str, int, int]:
+    """(x, sym, y, x sym y) in the task's range: sums and differences of 0-12 and 0-9 (larger first), products of
+    0-9 and 2-4."""
     sym = rng.choice("++-×")
     if sym == "×":
         x, y = rng.randint(0, 9), rng.randint(2, 4)
@@ -57,6 +59,11 @@ def _arith_turn(rng: random.Random) -> tuple[str, str]:
         if sym == "-" and y > x:
             x, y = y, x
     z = x + y if sym == "+" else x - y if sym == "-" else x * y
+    return x, sym, y, z
+
+
+def _arith_turn(rng: random.Random) -> tuple[str, str]:
+    x, sym, y, z = _arith_fact(rng)
     if rng.random() < 0.5:
         return QUESTION_ARITH.format(x, sym, y), str(z)
     claim = z if rng.random() < 0.5 else z + rng.choice((-2, -1, 1, 1, 2))
@@ -230,14 +237,7 @@ CALC_SHARES = (0.15, 0.65)  # phase 4: bare arithmetic statements, calculation c
 def arith_claim(rng: random.Random) -> tuple[str, str]:
     """A bare arithmetic statement in the task's range and whether it is true: "4 + 3 = 8." -> "false" (half
     true; a wrong result is off by 1 or 2, never below 0)."""
-    sym = rng.choice("++-×")
-    if sym == "×":
-        x, y = rng.randint(0, 9), rng.randint(2, 4)
-    else:
-        x, y = rng.randint(0, 12), rng.randint(0, 9)
-        if sym == "-" and y > x:
-            x, y = y, x
-    z = x + y if sym == "+" else x - y if sym == "-" else x * y
+    x, sym, y, z = _arith_fact(rng)
     if rng.random() < 0.5:
         claim = z
     else:
@@ -307,14 +307,13 @@ def calc_example(rng: random.Random, image_size: int = RENDER_SIZE) -> tuple:
     image = render_scene(scene, image_size)
     if r < CALC_SHARES[0]:
         return image, [arith_claim(rng) for _ in range(rng.randint(3, 6))], None
-    turns = [(text, answer) for text, answer, _ in calc_turns(scene, rng)]
-    turns[0] = (f"{QUESTION_CHAIN}\n{turns[0][0]}", turns[0][1])
-    return image, turns, [CHAIN_PLACEHOLDER] * len(turns)
+    return (image, *chain_sequence(scene, rng, calc_turns))
 
 
-def chain_sequence(scene: dict, rng: random.Random) -> tuple[list[tuple[str, str]], list[str]]:
-    """(turns, shown) of a chain about one scene: `chain_turns` with `QUESTION_CHAIN` before the first statement,
-    and `CHAIN_PLACEHOLDER` for every assistant turn of the input."""
-    turns = [(text, answer) for text, answer, _ in chain_turns(scene, rng)]
+def chain_sequence(scene: dict, rng: random.Random, statements=None) -> tuple[list[tuple[str, str]], list[str]]:
+    """(turns, shown) of a chain about one scene: `statements` (default `chain_turns`; `calc_turns` for phase 4)
+    with `QUESTION_CHAIN` before the first statement, and `CHAIN_PLACEHOLDER` for every assistant turn of the
+    input."""
+    turns = [(text, answer) for text, answer, _ in (statements or chain_turns)(scene, rng)]
     turns[0] = (f"{QUESTION_CHAIN}\n{turns[0][0]}", turns[0][1])
     return turns, [CHAIN_PLACEHOLDER] * len(turns)

@@ -328,9 +328,7 @@ def evaluate_perception(model, processor, n: int = 300, seed: int = 0, image_siz
     groups["calc"] = []
     for _ in range(n):
         scene = sample_problem(calc_rng)["scene"]
-        turns = [(t, a) for t, a, _ in calc_turns(scene, calc_rng)]
-        turns[0] = (f"{QUESTION_CHAIN}\n{turns[0][0]}", turns[0][1])
-        groups["calc"].append((render_scene(scene, image_size), turns, [CHAIN_PLACEHOLDER] * len(turns)))
+        groups["calc"].append((render_scene(scene, image_size), *chain_sequence(scene, calc_rng, calc_turns)))
     pad = processor.tokenizer.pad_token_id
     was_training = model.training
     model.eval()
