@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -23,26 +24,38 @@ METHODS = ("prm_mean", "prm_min", "prm_max", "prm_weighted_vote", "majority_vote
 
 
 def curve(demo: Path, n: int, out: Path, seed: int) -> dict:
+    """The Best-of-N curves of `demo`'s PRM on `n` fresh candidates per held-out problem (read from OUT if done)."""
     from visualprm.bon import bon_file
-    from visualprm.demo import candidates_from_annotated
-    from visualprm.montecarlo import annotate_file
-    from visualprm.schema import read_jsonl, write_jsonl
+    from visualprm.demo import heldout_candidates
+    from visualprm.schema import InputError
     from visualprm.scoring import Scorer
 
     res = out / "bon" / "results.json"
     if not res.is_file():
-        out.mkdir(parents=True, exist_ok=True)
-        ann = out / "annotated.jsonl"
-        ann.unlink(missing_ok=True)
-        problems = str(demo / "heldout" / "problems.jsonl")
-        annotate_file(
-            problems, "synthetic", str(ann), solutions=n, rollouts=4, strategy="binary", seed=seed, progress=False
+        for need in ("prm/config.json", "heldout/problems.jsonl"):
+            if not (demo / need).is_file():
+                raise InputError(f"not a finished `visualprm demo --out` folder: no {need}", demo)
+        heldout_candidates(
+            str(demo / "heldout" / "problems.jsonl"),
+            out / "annotated.jsonl",
+            out / "candidates.jsonl",
+            n,
+            seed,
+            progress=True,
         )
-        write_jsonl(out / "candidates.jsonl", candidates_from_annotated([r for _, r in read_jsonl(ann)]))
         prm = str(demo / "prm")
-        scorer = Scorer.from_pretrained(prm, batch_size=16)
-        bon_file(prm, str(out / "candidates.jsonl"), str(out / "bon"), seed=seed, engine=scorer, report=False)
-    return json.loads(res.read_text())["curves"]
+        bon_file(
+            prm,
+            str(out / "candidates.jsonl"),
+            str(out / "bon"),
+            seed=seed,
+            engine=Scorer.from_pretrained(prm, batch_size=16),
+            report=False,
+        )
+    curves = json.loads(res.read_text())["curves"]
+    if curves["n"][-1] != n:
+        raise InputError(f"holds a finished run with N = {curves['n'][-1]}, not --n {n}: give another --out", out)
+    return curves
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,10 +70,16 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.torch_threads)
+    from visualprm.schema import InputError
+
     rows = {}
     for d in map(Path, args.demos):
         t = time.time()
-        c = curve(d, args.n, Path(args.out) / d.name, args.seed)
+        try:
+            c = curve(d, args.n, Path(args.out) / d.name, args.seed)
+        except InputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         print(f"{d.name}: {time.time() - t:.0f}s", flush=True)
         rows[d.name] = {"n": c["n"], **{m: [round(100 * v, 1) for v in c[m]] for m in METHODS if m in c}}
     sizes = next(iter(rows.values()))["n"]

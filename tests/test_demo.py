@@ -355,7 +355,8 @@ def test_demo_quick_meets_the_best_of_n_targets(quick_demo):
 def test_demo_curve_benchmark_extends_the_curve_past_n_8(quick_demo, tmp_path, capsys):
     """benchmarks/demo_curve.py samples more candidates for a finished demo's held-out problems and runs `bon`
     with its PRM: the curve reaches N = 16, the oracle never falls with N and bounds every method, and a second
-    call reads the finished run instead of sampling again."""
+    call reads the finished run instead of sampling again; a folder that is not a demo, or a finished run of
+    another N, is a one-line error and exit status 2."""
     import importlib.util
     from pathlib import Path
 
@@ -377,3 +378,9 @@ def test_demo_curve_benchmark_extends_the_curve_past_n_8(quick_demo, tmp_path, c
     assert bench.main(args) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])[out.name] == row
     assert (tmp_path / out.name / "annotated.jsonl").stat().st_mtime_ns == stamp
+    assert bench.main([str(out), "--n", "8", "--out", str(tmp_path)]) == 2  # that folder holds N = 16
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds a finished run with N = 16, not --n 8" in err[0]
+    assert bench.main([str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {tmp_path / 'none'}: not a finished `visualprm demo --out` folder: no prm/config.json"]

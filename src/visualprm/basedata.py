@@ -25,6 +25,7 @@ This module draws data only: no model, no tokenizer, no training (basemodel.py).
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 from .synthetic import COLORS, GRID, MAX_BAR, SHAPES, render_scene, sample_problem, scene_values, see_text
 
@@ -310,10 +311,11 @@ def calc_example(rng: random.Random, image_size: int = RENDER_SIZE) -> tuple:
     return (image, *chain_sequence(scene, rng, calc_turns))
 
 
-def chain_sequence(scene: dict, rng: random.Random, statements=None) -> tuple[list[tuple[str, str]], list[str]]:
-    """(turns, shown) of a chain about one scene: `statements` (default `chain_turns`; `calc_turns` for phase 4)
-    with `QUESTION_CHAIN` before the first statement, and `CHAIN_PLACEHOLDER` for every assistant turn of the
-    input."""
-    turns = [(text, answer) for text, answer, _ in (statements or chain_turns)(scene, rng)]
+def chain_sequence(
+    scene: dict, rng: random.Random, statements: Callable[[dict, random.Random], list] = chain_turns
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """(turns, shown) of a chain about one scene: `statements` (`chain_turns`; `calc_turns` for phase 4) with
+    `QUESTION_CHAIN` before the first statement, and `CHAIN_PLACEHOLDER` for every assistant turn of the input."""
+    turns = [(text, answer) for text, answer, _ in statements(scene, rng)]
     turns[0] = (f"{QUESTION_CHAIN}\n{turns[0][0]}", turns[0][1])
     return turns, [CHAIN_PLACEHOLDER] * len(turns)

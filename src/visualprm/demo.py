@@ -88,6 +88,7 @@ _DEFAULT = dict(
 )
 SIZES = {"default": _DEFAULT, "quick": {**_DEFAULT, "train_problems": 240, "heldout_problems": 200}}
 TRAIN_SEED, HELDOUT_SEED = 1000, 2000  # problem seeds are these + --seed
+HELDOUT_ROLLOUTS = 4  # binary-search rollouts per held-out candidate: only its ground truth matters for Best-of-N
 KINDS = ("perception", "reasoning")
 
 
@@ -136,6 +137,29 @@ def candidates_from_annotated(annotated: list[dict]) -> list[dict]:
             }
         )
     return out
+
+
+def heldout_candidates(problems: str, annotated: Path, out: Path, n: int, seed: int, progress: bool = False) -> list:
+    """Sample `n` Best-of-N candidates per held-out problem with the synthetic policy, with their ground truth and
+    cheap Monte-Carlo values (`annotate --strategy binary --rollouts HELDOUT_ROLLOUTS`), into `annotated` (a fresh
+    file) and the candidate records into `out`; returns the records. Stage 5 of the demo, and
+    benchmarks/demo_curve.py for more candidates."""
+    from .montecarlo import annotate_file
+
+    annotated.unlink(missing_ok=True)  # a fresh run (annotate would resume into an existing file)
+    annotate_file(
+        problems,
+        "synthetic",
+        str(annotated),
+        solutions=n,
+        rollouts=HELDOUT_ROLLOUTS,
+        strategy="binary",
+        seed=seed,
+        progress=progress,
+    )
+    cands = candidates_from_annotated([r for _, r in read_jsonl(annotated)])
+    write_jsonl(out, cands)
+    return cands
 
 
 def first_error_kind(kinds: list) -> str:
@@ -284,24 +308,13 @@ def run_demo(
 
     # 5. held-out candidates with their ground truth
     hann = ho / "annotated.jsonl"
-    hann.unlink(missing_ok=True)
     st.start(
         "annotate (held-out candidates)",
         [vp, "annotate", "--problems", str(ho / "problems.jsonl"), "--policy", "synthetic", "--out", str(hann)]
-        + ["--solutions", str(size["candidates"]), "--rollouts", "4", "--strategy", "binary", "--seed", str(seed + 1)],
+        + ["--solutions", str(size["candidates"]), "--rollouts", str(HELDOUT_ROLLOUTS), "--strategy", "binary"]
+        + ["--seed", str(seed + 1)],
     )
-    annotate_file(
-        str(ho / "problems.jsonl"),
-        "synthetic",
-        str(hann),
-        solutions=size["candidates"],
-        rollouts=4,
-        strategy="binary",
-        seed=seed + 1,
-        progress=False,
-    )
-    cands = candidates_from_annotated([r for _, r in read_jsonl(hann)])
-    write_jsonl(ho / "candidates.jsonl", cands)
+    cands = heldout_candidates(str(ho / "problems.jsonl"), hann, ho / "candidates.jsonl", size["candidates"], seed + 1)
     st.done(f"{len(cands)} problems -> {ho / 'candidates.jsonl'}")
 
     # 6. Best-of-N
