@@ -31,7 +31,7 @@ false:". A third phase (`chain_example`, basedata.py) teaches following a chain:
 arithmetic on numbers stated earlier, each answered "yes" iff it and everything before it are true (after phase 2
 the demo's PRM judged every step on its own: a true claim after a misread was called correct, and no arithmetic
 step or final answer could be judged at all). A fourth phase (`calc_example`, `--calc-steps`) teaches
-checking calculations and final answers (the shipped model ran 6,000 steps of it, in three schedules). The
+checking calculations and final answers (the shipped model ran 8,500 steps of it, in four schedules). The
 model never sees a PRM conversation, a solution, a question of
 the task or a `+`/`-` label: turning it into a PRM is the demo's fine-tuning. Everything is
 drawn from the seed (data: one random stream per step; weights: `torch.manual_seed`), so a run on CPU with the

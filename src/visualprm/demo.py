@@ -47,9 +47,10 @@ Departures from the paper, each measured on this task:
   0.708 (the PRM judged each step on its own: a correct calculation was called correct 1% of the time, a true
   claim after a misread correct 54%); phase 3 with its answers in the input 0.728; phase 3 with placeholders
   (its step-500 checkpoint) 0.874;
-- the base model was then pre-trained to check calculations and final answers (basemodel.py, phase 4, 6,000
-  steps in three runs): seed 101, PRM mean Best-of-8 73.0 against 60.8 without phase 4 (majority 59.6), step
-  macro-F1 0.936 against 0.877 (2-core Intel Xeon VM; 1,000 steps gave 61.4, 3,500 gave 67.8);
+- the base model was then pre-trained to check calculations and final answers (basemodel.py, phase 4, 8,500
+  steps in four runs): seed 101, PRM mean Best-of-8 77.8 against 72.8 after 6,000 steps (2-core AMD EPYC VM) and
+  60.8 without phase 4 (majority 59.6; on the Intel Xeon VM 1,000 steps gave 61.4, 3,500 67.8, 6,000 73.0), step
+  macro-F1 0.944 against 0.877 without;
 - the held-out candidates are sampled at the policy's one temperature (the synthetic policy has no greedy
   mode, so pass@1 is its first sample).
 
@@ -66,7 +67,8 @@ from pathlib import Path
 
 from .schema import InputError, read_jsonl, write_json, write_jsonl
 
-# Sizes of a run. `default`: <= 10 minutes on a 2-core CPU (424-445 s, two at once); `quick`: <= 3 minutes (CI).
+# Sizes of a run. `default`: <= 10 minutes on a 2-core CPU (two at once: 408-442 s AMD EPYC VM, 283-297 s Intel
+# Xeon VM); `quick`: <= 3 minutes (CI).
 # Training is what costs; held-out scoring is cheap (500 problems x 8: about 100 s), so both evaluate on many
 # problems: a Best-of-8 figure on 100 problems has a standard error of 5 points, the size of the margins it is
 # read for (2 on 500), and on 40 the quick run's image gap moved by 0.05 between thread counts and CPUs
