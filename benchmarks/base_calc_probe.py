@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 from collections import Counter
 
 KINDS = ("claim", "calc", "final")
@@ -27,7 +28,7 @@ def probe(path: str, n: int = 400, seed: int = 0) -> Counter:
     """Counts `(kind, "right" | "first wrong", "n" | "yes")` over `n` chains for the base model at `path`."""
     import torch
 
-    from visualprm.basedata import CHAIN_PLACEHOLDER, QUESTION_CHAIN, RENDER_SIZE, calc_turns
+    from visualprm.basedata import RENDER_SIZE, calc_turns, chain_sequence
     from visualprm.basemodel import encode_turns, load_base
     from visualprm.model import collate, load_processor
     from visualprm.synthetic import render_scene, sample_problem
@@ -37,17 +38,19 @@ def probe(path: str, n: int = 400, seed: int = 0) -> Counter:
     tok = processor.tokenizer
     yes, no = tok.convert_tokens_to_ids("yes"), tok.convert_tokens_to_ids("no")
     rng = random.Random(f"calc-probe:{seed}")
-    items = []
+    items, drawn = [], []
+
+    def statements(scene: dict, rng: random.Random) -> list:  # calc_turns, keeping each statement's own truth
+        drawn.append(calc_turns(scene, rng))
+        return drawn[-1]
+
     for _ in range(n):
         scene = sample_problem(rng)["scene"]
-        statements = calc_turns(scene, rng)
-        turns = [(text, answer) for text, answer, _ in statements]
-        turns[0] = (f"{QUESTION_CHAIN}\n{turns[0][0]}", turns[0][1])
-        shown = [CHAIN_PLACEHOLDER] * len(turns)
+        turns, shown = chain_sequence(scene, rng, statements)  # the layout phase 4 trains on
         enc = encode_turns(processor, render_scene(scene, RENDER_SIZE), turns, shown)
         if len(enc.label_positions) != 2 * len(turns):
             raise ValueError("an answer is not one token: this probe reads the first token of each")
-        items.append((enc, statements))
+        items.append((enc, drawn[-1]))
     c: Counter = Counter()
     with torch.inference_mode():
         for i in range(0, len(items), 32):
@@ -85,7 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=400, help="chains (default 400)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    table = {m: rates(probe(m, args.n, args.seed)) for m in args.models}
+    from visualprm.schema import InputError
+
+    try:
+        table = {m: rates(probe(m, args.n, args.seed)) for m in args.models}
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"{'model':40} {'kind':6} {'right: yes':>11} {'first wrong: no':>16} {'n':>10}")
     for m, row in table.items():
         for kind, r in row.items():

@@ -9,8 +9,8 @@ and bon/samples.jsonl) and prints, per folder and pooled:
   lowest step, such as the same first reading; the synthetic policy's steps are templated, so candidates share
   steps word for word), so min picks among them by index, a draw in which the copies of the right answer count
   as votes, while the mean ranks them by their other steps;
-- of mean's wrong picks in those problems, how many score a wrong step at least as high as the right candidate's
-  step at the same position (a missed error that outranks the right answer).
+- of mean's wrong picks in the problems min wins, how many score the first step where they differ from min's right
+  pick at least as high as that pick's step there (a missed error that outranks the right answer).
 
     python benchmarks/demo_aggregation.py runs/seeds/seed101 runs/seeds/seed102
 """
@@ -25,18 +25,15 @@ from pathlib import Path
 HOWS = ("mean", "min", "max")
 
 
-def _read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def analyse(d: Path) -> Counter:
     """Counts for one finished demo (see the module docstring); `problems` is their number."""
     from visualprm.bon import select_best
+    from visualprm.schema import read_jsonl
     from visualprm.scoring import aggregate
 
-    samples = {r["id"]: r for r in _read(d / "bon" / "samples.jsonl")}
+    samples = {r["id"]: r for _, r in read_jsonl(d / "bon" / "samples.jsonl")}
     c: Counter = Counter()
-    for pick in _read(d / "bon" / "picks.jsonl"):
+    for _, pick in read_jsonl(d / "bon" / "picks.jsonl"):
         right, ss = samples[pick["id"]]["correct"], pick["step_scores"]
         c["problems"] += 1
         best = {}
@@ -58,8 +55,8 @@ def analyse(d: Path) -> Counter:
             c["min_only_tie"] += 1
             c["min_only_tie_first_step"] += ss[i_min].index(top) == 0
         w, r = ss[i_mean], ss[i_min]
-        if any(a != b for a, b in zip(w, r)):
-            k = next(k for k, (a, b) in enumerate(zip(w, r)) if a != b)
+        k = next((k for k, (a, b) in enumerate(zip(w, r)) if a != b), None)
+        if k is not None:
             c["mean_wrong_outranks_at_divergence"] += w[k] >= r[k]
     return c
 
@@ -76,13 +73,19 @@ def format_counts(name: str, c: Counter) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from visualprm.schema import InputError
+
     dirs = [Path(a) for a in (sys.argv[1:] if argv is None else argv)] or [Path("demo-out")]
     total: Counter = Counter()
     for d in dirs:
         if not (d / "bon" / "picks.jsonl").is_file():
             print(f"error: {d}: not a finished `visualprm demo --out` folder (no bon/picks.jsonl)", file=sys.stderr)
             return 2
-        c = analyse(d)
+        try:
+            c = analyse(d)
+        except InputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         total.update(c)
         print(format_counts(str(d), c))
     if len(dirs) > 1:

@@ -431,6 +431,11 @@ def test_demo_aggregation_benchmark_counts_ties_of_min(tmp_path, capsys):
     assert bench.main([str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {tmp_path / 'none'}: not a finished `visualprm demo --out` folder (no bon/picks.jsonl)"]
+    with open(tmp_path / "bon" / "picks.jsonl", "a") as f:
+        f.write("{torn\n")
+    assert bench.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{tmp_path / 'bon' / 'picks.jsonl'}:4" in err[0] and "not valid JSON" in err[0]
 
 
 @pytest.mark.slow
@@ -467,3 +472,10 @@ def test_base_calc_probe_counts_each_chain_up_to_its_first_false_statement():
     assert bench.probe(str(basemodel.shipped_path()), n=12, seed=3) == c
     r = bench.rates(c)
     assert set(r) == {"claim", "calc", "final"} and r["claim"]["right said yes"] >= 0.9  # 99% on 400 chains
+
+
+def test_base_calc_probe_cli_bad_model_folder(tmp_path, capsys):
+    bench = _load_benchmark("base_calc_probe")
+    assert bench.main([str(tmp_path), "--n", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(tmp_path) in err[0] and "no base model here" in err[0]
